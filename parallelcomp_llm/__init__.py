@@ -1,0 +1,28 @@
+"""parallelcomp-llm: training-free ParallelComp long-context inference over transformers models."""
+
+from .answer import Answer, AnswerStats, AnswerStream, ChunkInfo
+from .config import ParallelCompConfig
+from .engine import ParallelCompEngine
+from .errors import (
+    ContextTooLongError,
+    InvalidConfigError,
+    InvalidInputError,
+    ModelDownloadError,
+    ParallelCompError,
+    UnsupportedModelError,
+)
+
+__all__ = [
+    "Answer",
+    "AnswerStats",
+    "AnswerStream",
+    "ChunkInfo",
+    "ContextTooLongError",
+    "InvalidConfigError",
+    "InvalidInputError",
+    "ModelDownloadError",
+    "ParallelCompConfig",
+    "ParallelCompEngine",
+    "ParallelCompError",
+    "UnsupportedModelError",
+]

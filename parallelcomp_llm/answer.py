@@ -1,0 +1,81 @@
+"""Results of a request: `Answer` with its text, token ids, finish reason and `AnswerStats`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """One chunk of the context: the documents it holds, its relevance score, whether it was kept."""
+
+    documents: tuple[int, ...]
+    tokens: int
+    score: float | None
+    kept: bool
+
+
+@dataclass
+class AnswerStats:
+    """What a request cost and what it kept.
+
+    `score_kind` says how to read `ChunkInfo.score`: 'nll' (lower is more relevant), 'attention'
+    (higher is more relevant) or None when chunks were not scored (all kept). `kv_entries_kept`
+    counts the merged KV entries per layer and KV head the answer was decoded over.
+    `peak_memory_bytes`: on CUDA the peak allocated during the request, on CPU the peak resident
+    set size of the process so far.
+    """
+
+    context_tokens: int = 0
+    prompt_tokens: int = 0
+    chunks_total: int = 0
+    chunks_kept: int = 0
+    kv_entries_kept: int = 0
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    score_kind: Literal["nll", "attention"] | None = None
+    chunks: list[ChunkInfo] = field(default_factory=list)
+
+    @property
+    def kept_documents(self) -> list[int]:
+        """Indices of the documents that have at least one kept chunk."""
+        return sorted({d for chunk in self.chunks if chunk.kept for d in chunk.documents})
+
+
+@dataclass
+class Answer:
+    """The generated text (stop text removed), its token ids, why it ended, and statistics."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: Literal["stop", "length"]
+    stats: AnswerStats
+
+
+class AnswerStream(Iterator[str]):
+    """Iterator of text deltas; `answer` holds the full `Answer` once the stream is exhausted."""
+
+    def __init__(self, events: Iterator[str | Answer]) -> None:
+        self._events = events
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> str:
+        for event in self._events:
+            if isinstance(event, Answer):
+                self.answer = event
+                continue
+            return event
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop generating and release the request's memory."""
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()

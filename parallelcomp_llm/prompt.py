@@ -1,0 +1,97 @@
+"""Token layout of a ParallelComp prompt: `[prefix][context chunk][question block]`.
+
+The prefix and the question block come from the model's chat template (instruct models) or from
+a plain "question / answer" frame (base models). The template is rendered once around two marker
+strings and cut at them, so every chunk sees an ordinary in-window prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+_CONTEXT_MARK = "\x00PARALLELCOMP_CONTEXT\x00"
+_QUESTION_MARK = "\x00PARALLELCOMP_QUESTION\x00"
+_PLAIN_QUESTION_FRAME = ("\n\nQuestion: ", "\nAnswer:")
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Text around the context and the question, split at the marker positions."""
+
+    prefix: str
+    between: str
+    suffix: str
+    add_bos: bool
+
+    @classmethod
+    def for_tokenizer(
+        cls, tokenizer: PreTrainedTokenizerBase, use_chat_template: bool | None
+    ) -> PromptTemplate:
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if use_chat_template is None:
+            use_chat_template = has_template
+        if use_chat_template:
+            if not has_template:
+                from .errors import InvalidConfigError
+
+                raise InvalidConfigError(
+                    "use_chat_template=True but the tokenizer has no chat template"
+                )
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": _CONTEXT_MARK + "\n\n" + _QUESTION_MARK}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            prefix, rest = rendered.split(_CONTEXT_MARK)
+            between, suffix = rest.split(_QUESTION_MARK)
+            return cls(prefix=prefix, between=between, suffix=suffix, add_bos=False)
+        before, after = _PLAIN_QUESTION_FRAME
+        return cls(prefix="", between=before, suffix=after, add_bos=True)
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """Token ids of the fixed parts of a prompt for one question."""
+
+    prefix_ids: list[int]
+    question_ids: list[int]
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.prefix_ids)
+
+
+class PromptBuilder:
+    """Tokenizes the parts of ParallelComp prompts for one tokenizer and template."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        bos = tokenizer.bos_token_id
+        self._bos = [bos] if template.add_bos and bos is not None else []
+        self.prefix_ids = self._bos + self.encode(template.prefix)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without special tokens added by the tokenizer."""
+        if not text:
+            return []
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def question_ids(self, question: str) -> list[int]:
+        """The question block: text after the context, the question, end of turn, answer header."""
+        return self.encode(self.template.between + question + self.template.suffix)
+
+    def layout(self, question: str) -> PromptLayout:
+        return PromptLayout(prefix_ids=list(self.prefix_ids), question_ids=self.question_ids(question))
+
+    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a whole chat (no separate context), ready for the answer."""
+        if self.template.add_bos or not getattr(self.tokenizer, "chat_template", None):
+            text = "\n\n".join(m["content"] for m in messages) + self.template.suffix
+            return self._bos + self.encode(text)
+        rendered = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return self.encode(rendered)

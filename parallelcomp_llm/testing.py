@@ -1,0 +1,82 @@
+"""Tiny random-initialised models and a byte-level tokenizer, built in code, for tests and examples.
+
+No download: the tokenizer maps every byte to a token (plus special tokens) and carries a
+ChatML-style chat template, and the models are 2-layer Llama, Qwen2 or Mistral networks.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+ARCHITECTURES = ("llama", "qwen2", "mistral")
+_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: 256 byte tokens, then the special tokens."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
+    for token in _SPECIAL:
+        vocab[token] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>" if chat_template else "<|endoftext|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    if chat_template:
+        tokenizer.chat_template = _CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_model(
+    architecture: str = "llama",
+    window: int = 512,
+    seed: int = 0,
+    vocab_size: int = 260,
+    layers: int = 2,
+) -> torch.nn.Module:
+    """A random-initialised causal LM of `architecture` with a trained window of `window` tokens."""
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=window,
+        bos_token_id=256,
+        eos_token_id=258,
+        pad_token_id=259,
+        tie_word_embeddings=False,
+    )
+    builders = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+    }
+    config_class, model_class = builders[architecture]
+    torch.manual_seed(seed)
+    model = model_class(config_class(**common))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5 if parameter.ndim > 1 else 0.02)
+    return model.eval()
