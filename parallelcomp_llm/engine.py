@@ -436,7 +436,7 @@ class ParallelCompEngine:
         prefix = len(self.prompts.prefix_ids)
         starts = [pad + prefix for pad in batch.padding]
         ends = [pad + length for pad, length in zip(batch.padding, batch.lengths)]
-        return eviction.attention_mass(probe.window_scores, starts, ends).tolist()
+        return eviction.attention_mass(probe.window_scores, probe.window, starts, ends).tolist()
 
     def _store_chunk(self, batch, row: int, length: int, window_scores, first: bool) -> _StoredChunk:
         """Copy one row's prefix and (evicted) context KV out of the batch cache."""

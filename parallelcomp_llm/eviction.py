@@ -21,13 +21,14 @@ def question_nll(logits: torch.Tensor, question_ids: list[int]) -> torch.Tensor:
 
 
 def attention_mass(
-    window_scores: dict[int, torch.Tensor], starts: list[int], ends: list[int]
+    window_scores: dict[int, torch.Tensor], window: int, starts: list[int], ends: list[int]
 ) -> torch.Tensor:
-    """Mean over layers and KV heads of each row's window attention on `[start, end)`."""
+    """Share of the window queries' attention that falls on `[start, end)` of each row, averaged
+    over window queries, layers and KV heads (0 to 1)."""
     rows = []
     for row, (start, end) in enumerate(zip(starts, ends)):
         per_layer = [scores[row, :, start:end].sum(dim=-1).mean() for scores in window_scores.values()]
-        rows.append(torch.stack(per_layer).mean())
+        rows.append(torch.stack(per_layer).mean() / window)
     return torch.stack(rows)
 
 

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
+SMALL_RESERVES = {"question_reserve_tokens": 48, "answer_reserve_tokens": 32}
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 _CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
@@ -80,3 +81,19 @@ def tiny_model(
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.5 if parameter.ndim > 1 else 0.02)
     return model.eval()
+
+
+def tiny_engine(architecture: str = "llama", window: int = 512, seed: int = 0, **settings):
+    """A `ParallelCompEngine` over a fresh tiny model; `settings` are `ParallelCompConfig` fields
+    (small question and answer reserves unless given)."""
+    from .config import ParallelCompConfig
+    from .engine import ParallelCompEngine
+
+    config = ParallelCompConfig(**(SMALL_RESERVES | settings))
+    return ParallelCompEngine(tiny_model(architecture, window=window, seed=seed), tiny_tokenizer(), config)
+
+
+def text_of_tokens(count: int, seed: int = 0) -> str:
+    """Printable ASCII text of exactly `count` tokens of the tiny byte-level tokenizer."""
+    letters = "abcdefghijklmnopqrstuvwxyz ,."
+    return "".join(letters[(i * 7 + seed * 13 + i // 5) % len(letters)] for i in range(count))
