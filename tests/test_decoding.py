@@ -1,0 +1,70 @@
+"""Decoding: stop strings, streaming equals non-streaming, sampling, EOS and finish reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+from parallelcomp_llm.decoding import TextDeltas
+from parallelcomp_llm.testing import text_of_tokens, tiny_engine, tiny_tokenizer
+
+DOCS = [text_of_tokens(300, seed=i) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_engine("llama", keep_chunks=2, kv_budget_per_chunk=64)
+
+
+def test_streaming_equals_non_streaming(engine):
+    answer = engine.generate(DOCS, "What?", max_new_tokens=30)
+    stream = engine.stream(DOCS, "What?", max_new_tokens=30)
+    deltas = list(stream)
+    assert "".join(deltas) == answer.text
+    assert stream.answer.token_ids == answer.token_ids
+    assert len(deltas) > 1
+
+
+def test_multi_token_stop_string_is_cut_and_not_returned(engine):
+    full = engine.generate(DOCS, "What?", max_new_tokens=30)
+    assert len(full.text) > 8
+    stop = full.text[5:8]
+    answer = engine.generate(DOCS, "What?", max_new_tokens=30, stop=[stop])
+    assert answer.text == full.text[: full.text.index(stop)]
+    assert answer.finish_reason == "stop"
+    assert "".join(engine.stream(DOCS, "What?", max_new_tokens=30, stop=stop)) == answer.text
+
+
+def test_length_finish_and_eos(engine):
+    answer = engine.generate(DOCS, "What?", max_new_tokens=5)
+    assert (answer.finish_reason, len(answer.token_ids)) == ("length", 5)
+    first = answer.token_ids[0]
+    engine._eos_ids.add(first)
+    try:
+        stopped = engine.generate(DOCS, "What?", max_new_tokens=5)
+    finally:
+        engine._eos_ids.discard(first)
+    assert (stopped.finish_reason, stopped.token_ids, stopped.text) == ("stop", [], "")
+
+
+def test_sampling_is_reproducible_with_a_seed(engine):
+    runs = [
+        engine.generate(DOCS, "What?", max_new_tokens=12, temperature=1.5, top_p=0.95, seed=s)
+        for s in (7, 7, 8)
+    ]
+    assert runs[0].token_ids == runs[1].token_ids
+    assert runs[0].token_ids != runs[2].token_ids
+    greedy = engine.generate(DOCS, "What?", max_new_tokens=12)
+    assert runs[0].token_ids != greedy.token_ids
+
+
+def test_text_deltas_hold_back_partial_stop_and_incomplete_characters():
+    tokenizer = tiny_tokenizer()
+    deltas = TextDeltas(tokenizer, ["END"])
+    out = [deltas.push(t) for t in tokenizer("abEN", add_special_tokens=False)["input_ids"]]
+    assert "".join(out) == "ab"
+    assert deltas.push(tokenizer.convert_tokens_to_ids("D")) == ""
+    assert deltas.stopped and deltas.emitted == "ab"
+    accented = TextDeltas(tokenizer, [])
+    first, second = tokenizer("é", add_special_tokens=False)["input_ids"]
+    assert accented.push(first) == ""
+    assert accented.push(second) == "é"

@@ -1,0 +1,123 @@
+"""Bad input gives the package's own errors, before any model work."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from parallelcomp_llm import (
+    ContextTooLongError,
+    InvalidConfigError,
+    InvalidInputError,
+    ParallelCompConfig,
+    ParallelCompEngine,
+    ParallelCompError,
+    UnsupportedModelError,
+)
+from parallelcomp_llm.testing import text_of_tokens, tiny_engine, tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = tiny_engine("llama", max_context_tokens=5000)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model ran before the input was checked")
+
+    engine.model.register_forward_pre_hook(refuse)
+    return engine
+
+
+@pytest.mark.parametrize(
+    "context, question, kwargs, error",
+    [
+        ("some text", "", {}, InvalidInputError),
+        ("some text", "   \n", {}, InvalidInputError),
+        ("", "Q?", {}, InvalidInputError),
+        ("  \n\t ", "Q?", {}, InvalidInputError),
+        ([], "Q?", {}, InvalidInputError),
+        (["", "  "], "Q?", {}, InvalidInputError),
+        (["ok", 3], "Q?", {}, InvalidInputError),
+        (b"bytes", "Q?", {}, InvalidInputError),
+        (42, "Q?", {}, InvalidInputError),
+        ("x" * 5001, "Q?", {}, ContextTooLongError),
+        ("text", "Q?", {"max_new_tokens": 0}, InvalidInputError),
+        ("text", "Q?", {"max_new_tokens": 10_000}, InvalidInputError),
+        ("text", "Q" * 480, {}, InvalidInputError),
+        ("text", "Q?", {"temperature": -1}, InvalidInputError),
+        ("text", "Q?", {"top_p": 0}, InvalidInputError),
+        ("text", "Q?", {"stop": [""]}, InvalidInputError),
+        ("text", "Q?", {"stop": [3]}, InvalidInputError),
+    ],
+    ids=lambda value: repr(value)[:20] if isinstance(value, (str, list, bytes, int)) else None,
+)
+def test_bad_input_is_refused_before_model_work(engine, context, question, kwargs, error):
+    with pytest.raises(error) as raised:
+        engine.generate(context, question, **kwargs)
+    assert isinstance(raised.value, ParallelCompError)
+    with pytest.raises(error):
+        engine.stream(context, question, **kwargs)
+
+
+def test_long_context_is_refused_not_truncated(engine):
+    with pytest.raises(ContextTooLongError, match="5001 tokens"):
+        engine.generate(text_of_tokens(5001), "Q?")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"kv_budget_per_chunk": 0},
+        {"chunk_tokens": -1},
+        {"chunk_batch_size": 0},
+        {"keep_chunks": 0},
+        {"keep_chunks": 1.5},
+        {"observation_window": 0},
+        {"pooling_kernel": 4},
+        {"calibration_layers": (3, 1)},
+        {"calibration_threshold": 0.5},
+        {"max_context_tokens": 0},
+        {"device": "tpu"},
+        {"no_such_setting": 1},
+    ],
+)
+def test_nonsensical_settings(settings):
+    with pytest.raises(InvalidConfigError):
+        ParallelCompConfig(**settings)
+
+
+def test_settings_that_do_not_fit_the_model():
+    with pytest.raises(InvalidConfigError, match="trained window"):
+        tiny_engine("llama", window=512, chunk_tokens=600)
+    with pytest.raises(InvalidConfigError, match="layers"):
+        tiny_engine("llama", calibration_layers=(0, 5))
+    with pytest.raises(InvalidConfigError, match="trained window"):
+        tiny_engine("llama", window=256, question_reserve_tokens=200, answer_reserve_tokens=100)
+
+
+def test_unsupported_architecture_is_named():
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=260))
+    with pytest.raises(UnsupportedModelError, match="gpt2.*llama, mistral, qwen2"):
+        ParallelCompEngine(model, tiny_tokenizer())
+
+
+def test_unsupported_architecture_from_a_path(tmp_path):
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=260)).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError):
+        ParallelCompEngine.from_pretrained(tmp_path)
+
+
+def test_bad_chat_and_prompt_input(engine):
+    with pytest.raises(InvalidInputError):
+        engine.complete("   ")
+    with pytest.raises(InvalidInputError):
+        engine.chat([])
+    with pytest.raises(InvalidInputError):
+        engine.chat([{"role": "user"}])
+
+
+def test_prompt_longer_than_window_is_refused():
+    engine = tiny_engine("qwen2")
+    with pytest.raises(InvalidInputError, match="trained window"):
+        engine.complete(text_of_tokens(600))
