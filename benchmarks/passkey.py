@@ -28,7 +28,7 @@ def passkey_haystack(
     if not 0.0 <= depth <= 1.0:
         raise ValueError("depth must be in [0, 1]")
     fixed = count_tokens(TASK) + count_tokens(NEEDLE.format(key=key))
-    repeats = max(1, (tokens - fixed) // count_tokens(NOISE))
+    repeats = max(1, (tokens - fixed) * 100 // count_tokens(NOISE * 100))
     before = round(repeats * depth)
     return TASK + NOISE * before + NEEDLE.format(key=key) + NOISE * (repeats - before)
 

