@@ -2,6 +2,7 @@
 
 from .answer import Answer, AnswerStats, AnswerStream, ChunkInfo
 from .config import ParallelCompConfig
+from .context_cache import ContextCache, ContextCacheMismatchError
 from .engine import ParallelCompEngine
 from .errors import (
     ContextTooLongError,
@@ -17,6 +18,8 @@ __all__ = [
     "AnswerStats",
     "AnswerStream",
     "ChunkInfo",
+    "ContextCache",
+    "ContextCacheMismatchError",
     "ContextTooLongError",
     "InvalidConfigError",
     "InvalidInputError",

@@ -24,12 +24,15 @@ class AnswerStats:
     `score_kind` says how to read `ChunkInfo.score`: 'nll' (lower is more relevant), 'attention'
     (higher is more relevant) or None when chunks were not scored (all kept). `kv_entries_kept`
     counts the merged KV entries per layer and KV head the answer was decoded over.
-    `peak_memory_bytes`: on CUDA the peak allocated during the request, on CPU the peak resident
+    `context_cache_hit` is True when the context's encoded chunks were reused (then
+    `chunks_prefilled` is 0). `peak_memory_bytes`: on CUDA the peak allocated during the request, on CPU the peak resident
     set size of the process so far.
     """
 
     context_tokens: int = 0
     prompt_tokens: int = 0
+    context_cache_hit: bool = False
+    chunks_prefilled: int = 0
     chunks_total: int = 0
     chunks_kept: int = 0
     kv_entries_kept: int = 0

@@ -81,6 +81,20 @@ class ParallelCompConfig(BaseModel):
     max_context_tokens: int = Field(
         262_144, ge=1, description="Hard limit on context tokens; longer input is refused."
     )
+    context_cache_device_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.9,
+        description="Share of the GPU's memory that encoded contexts may keep for reuse "
+        "(ignored on CPU).",
+    )
+    context_cache_host_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.9,
+        description="Share of host RAM that encoded contexts may keep for reuse; both shares 0 "
+        "switch automatic reuse off.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto': bfloat16 on CUDA, float32 on CPU."
     )

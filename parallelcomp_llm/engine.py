@@ -7,6 +7,7 @@ scores) → chunk eviction and KV eviction → merge of the kept KV → question
 
 from __future__ import annotations
 
+import os
 import resource
 import threading
 import time
@@ -23,6 +24,7 @@ from .answer import Answer, AnswerStats, AnswerStream, ChunkInfo
 from .attention import AttentionProbe, CalibrationRule, active_probe
 from .chunking import Chunk, split_into_chunks
 from .config import ParallelCompConfig
+from .context_cache import CacheStore, ContextCache, ContextCacheMismatchError, digest
 from .decoding import TextDeltas, TokenSampler, decode_tokens
 from .errors import ContextTooLongError, InvalidConfigError, InvalidInputError
 from .models import (
@@ -33,10 +35,17 @@ from .models import (
     resolve_kernel,
     use_hooked_attention,
 )
-from .prefill import auto_batch_size, prefill_rows, question_pass
+from .kvcache import cache_from_tensors
+from .prefill import (
+    EncodedBatch,
+    auto_batch_size,
+    kv_bytes_per_token,
+    prefill_rows,
+    question_pass,
+)
 from .prompt import PromptBuilder, PromptTemplate
 
-Context = str | Sequence[str]
+Context = str | Sequence[str] | ContextCache
 
 
 @dataclass(frozen=True)
@@ -64,12 +73,25 @@ class _StoredChunk:
 
 
 @dataclass
-class _Request:
+class _Encoding:
+    """The chunks of a context and where its encoded KV may come from."""
+
     chunks: list[Chunk]
-    question_ids: list[int]
     context_tokens: int
+    context_key: str
+    cache: ContextCache | None
+
+
+@dataclass
+class _Request:
+    encoding: _Encoding
+    question_ids: list[int]
     options: DecodeOptions
     progress: bool
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        return self.encoding.chunks
 
 
 class ParallelCompEngine:
@@ -129,6 +151,13 @@ class ParallelCompEngine:
             }
         )
         self._separator_ids = self.prompts.encode(config.document_separator)
+        self.model_key = self._model_key()
+        """Identity of the model and of the settings that shape encoded chunks."""
+        self._store = CacheStore(
+            self.device,
+            int(config.context_cache_device_fraction * _device_memory(self.device)),
+            int(config.context_cache_host_fraction * _host_memory()),
+        )
         self._eos_ids = self._eos_token_ids()
         self._pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
@@ -167,6 +196,31 @@ class ParallelCompEngine:
         """Number of tokens of `text` in the model's tokenizer (no special tokens)."""
         return len(self.prompts.encode(text))
 
+    def encode(self, context: str | Sequence[str], *, progress: bool = False) -> ContextCache:
+        """Prefill every chunk of `context` once; pass the result to `generate` or `stream` in
+        place of the text to answer further questions without encoding it again. The engine also
+        keeps recently encoded contexts by itself (see `context_cache_*_fraction`)."""
+        encoding = self._encoding(context)
+        if encoding.cache is not None:
+            return encoding.cache
+        with self._lock:
+            batches = list(self._encoded_batches(encoding, AnswerStats(), progress, keep=True))
+        return self._store.get(encoding.context_key) or ContextCache(
+            self.model_key, encoding.context_key, encoding.chunks, encoding.context_tokens, batches
+        )
+
+    def load_context_cache(self, path: str | Path) -> ContextCache:
+        """Read a cache saved with `ContextCache.save`; refuse one made for another model or
+        other settings (`ContextCacheMismatchError`)."""
+        cache = ContextCache.load(path, self.device)
+        self._check_cache(cache)
+        self._store.put(cache)
+        return cache
+
+    def clear_context_cache(self) -> None:
+        """Forget every context the engine keeps for reuse."""
+        self._store.clear()
+
     def generate(
         self,
         context: Context,
@@ -180,7 +234,7 @@ class ParallelCompEngine:
         seed: int | None = None,
         progress: bool = False,
     ) -> Answer:
-        """Answer `question` over `context` (a text or a sequence of documents)."""
+        """Answer `question` over `context`: a text, a sequence of documents, or a `ContextCache`."""
         stream = self.stream(
             context, question, max_new_tokens=max_new_tokens, stop=stop,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, progress=progress,
@@ -302,11 +356,18 @@ class ParallelCompEngine:
             raise InvalidInputError("context is empty: give at least one non-blank document")
         return documents
 
-    def _prepare(
-        self, context: Context, question: str, options: DecodeOptions, progress: bool
-    ) -> _Request:
-        if not isinstance(question, str) or not question.strip():
-            raise InvalidInputError("question is empty")
+    def _check_cache(self, cache: ContextCache) -> None:
+        if cache.model_key != self.model_key:
+            raise ContextCacheMismatchError(
+                "this context cache was made for another model or other chunking settings; "
+                "encode the context again with this engine"
+            )
+
+    def _encoding(self, context: Context) -> _Encoding:
+        """Tokenize and chunk `context`, or take the chunks of a given `ContextCache`."""
+        if isinstance(context, ContextCache):
+            self._check_cache(context)
+            return _Encoding(context.chunks, context.context_tokens, context.context_key, context)
         documents = [self.prompts.encode(d) if d.strip() else [] for d in self._documents(context)]
         context_tokens = sum(len(ids) for ids in documents)
         if context_tokens > self.config.max_context_tokens:
@@ -314,9 +375,17 @@ class ParallelCompEngine:
                 f"context has {context_tokens} tokens, more than max_context_tokens="
                 f"{self.config.max_context_tokens}; raise the limit or pass less text"
             )
-        question_ids = self.prompts.question_ids(question)
         chunks = split_into_chunks(documents, self.config.chunk_tokens, self._separator_ids)
-        longest = max(len(chunk) for chunk in chunks)
+        return _Encoding(chunks, context_tokens, digest(self.model_key, documents), None)
+
+    def _prepare(
+        self, context: Context, question: str, options: DecodeOptions, progress: bool
+    ) -> _Request:
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInputError("question is empty")
+        encoding = self._encoding(context)
+        question_ids = self.prompts.question_ids(question)
+        longest = max(len(chunk) for chunk in encoding.chunks)
         needed = len(self.prompts.prefix_ids) + longest + len(question_ids) + options.max_new_tokens
         if needed > self.native_window:
             raise InvalidInputError(
@@ -325,7 +394,15 @@ class ParallelCompEngine:
                 f"trained window of {self.native_window}; shorten the question, lower "
                 "max_new_tokens, or raise question_reserve_tokens / answer_reserve_tokens"
             )
-        return _Request(chunks, question_ids, context_tokens, options, progress)
+        return _Request(encoding, question_ids, options, progress)
+
+    def _model_key(self) -> str:
+        parameters = list(self.model.parameters())
+        sample = [float(p.detach().flatten()[:4096].double().sum()) for p in (parameters[0], parameters[-1])]
+        return digest(
+            self.model.config.to_json_string(), sample, str(parameters[0].dtype),
+            self.config.chunk_tokens, self.prompts.prefix_ids, self._separator_ids,
+        )
 
     def _eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -343,7 +420,7 @@ class ParallelCompEngine:
         with self._lock:
             started = _start_measuring(self.device)
             stats = AnswerStats(
-                context_tokens=request.context_tokens, chunks_total=len(request.chunks)
+                context_tokens=request.encoding.context_tokens, chunks_total=len(request.chunks)
             )
             stored, kept = self._encode_and_select(request, stats)
             cache, candidates = self._merge(request.chunks, stored, kept)
@@ -392,29 +469,20 @@ class ParallelCompEngine:
             if evict or (rank and config.chunk_scoring == "attention")
             else None
         )
-        batch_size = config.chunk_batch_size or auto_batch_size(
-            self.model, len(prefix) + max(len(c) for c in chunks) + len(request.question_ids),
-            len(request.question_ids),
-        )
         stored: list[_StoredChunk] = []
         scores: list[float] = []
-        bar = tqdm(total=len(chunks), desc="prefill", unit="chunk", disable=not request.progress)
-        for first in range(0, len(chunks), batch_size):
-            indices = range(first, min(first + batch_size, len(chunks)))
-            batch = prefill_rows(self.model, [prefix + chunks[i].token_ids for i in indices], self._pad_id)
+        for batch in self._encoded_batches(request.encoding, stats, request.progress):
             probe = AttentionProbe(window=window)
             if rank or evict:
                 logits = question_pass(self.model, batch, request.question_ids, probe)
                 if rank:
-                    scores.extend(self._chunk_scores(batch, logits, probe, request, indices))
+                    scores.extend(self._chunk_scores(batch, logits, probe, request))
                 del logits
-            for row, index in enumerate(indices):
+            for row, index in enumerate(batch.chunk_indices):
                 stored.append(
                     self._store_chunk(batch, row, len(chunks[index]), probe.window_scores, index == 0)
                 )
             del batch, probe
-            bar.update(len(indices))
-        bar.close()
         if rank:
             kept = eviction.chunks_to_keep(scores, keep, lower_is_better=config.chunk_scoring == "nll")
             stats.score_kind = config.chunk_scoring
@@ -430,7 +498,45 @@ class ParallelCompEngine:
         ]
         return stored, kept
 
-    def _chunk_scores(self, batch, logits, probe, request: _Request, indices) -> list[float]:
+    def _encoded_batches(
+        self, encoding: _Encoding, stats: AnswerStats, progress: bool, keep: bool = False
+    ) -> Iterator[EncodedBatch]:
+        """The context's encoded batches: from a cache when there is one, else prefilled now
+        (and kept for reuse when `keep` or when the whole context fits the cache budget)."""
+        cache = encoding.cache or self._store.get(encoding.context_key)
+        if cache is not None:
+            stats.context_cache_hit = True
+            yield from cache.to(self.device).batches
+            return
+        chunks, prefix = encoding.chunks, self.prompts.prefix_ids
+        row_tokens = len(prefix) + max(len(chunk) for chunk in chunks)
+        batch_size = self.config.chunk_batch_size or auto_batch_size(
+            self.model, row_tokens + self.config.question_reserve_tokens,
+            self.config.question_reserve_tokens,
+        )
+        estimate = kv_bytes_per_token(self.model) * row_tokens * len(chunks)
+        keep = keep or estimate <= self._store.capacity
+        holder = self.device if keep and estimate <= self._store.device_budget else torch.device("cpu")
+        kept: list[EncodedBatch] = []
+        bar = tqdm(total=len(chunks), desc="prefill", unit="chunk", disable=not progress)
+        for first in range(0, len(chunks), batch_size):
+            indices = list(range(first, min(first + batch_size, len(chunks))))
+            rows = [prefix + chunks[i].token_ids for i in indices]
+            batch = prefill_rows(self.model, rows, self._pad_id, indices)
+            stats.chunks_prefilled += len(indices)
+            yield batch
+            if keep:
+                kept.append(batch.to(holder))
+            bar.update(len(indices))
+        bar.close()
+        if keep:
+            self._store.put(
+                ContextCache(
+                    self.model_key, encoding.context_key, chunks, encoding.context_tokens, kept
+                )
+            )
+
+    def _chunk_scores(self, batch, logits, probe, request: _Request) -> list[float]:
         if self.config.chunk_scoring == "nll":
             return eviction.question_nll(logits, request.question_ids).tolist()
         prefix = len(self.prompts.prefix_ids)
@@ -439,15 +545,15 @@ class ParallelCompEngine:
         return eviction.attention_mass(probe.window_scores, probe.window, starts, ends).tolist()
 
     def _store_chunk(self, batch, row: int, length: int, window_scores, first: bool) -> _StoredChunk:
-        """Copy one row's prefix and (evicted) context KV out of the batch cache."""
+        """Copy one row's prefix and (evicted) context KV out of the batch."""
         prefix = len(self.prompts.prefix_ids)
         begin = batch.padding[row]
         context = slice(begin + prefix, begin + prefix + length)
         budget = self.config.kv_budget_per_chunk
         keep_prefix = first or not self.config.dedupe_prefix
         keys, values, offsets, prefix_keys, prefix_values = [], [], [], [], []
-        for layer, cache_layer in enumerate(batch.cache.layers):
-            layer_keys, layer_values = cache_layer.keys[row], cache_layer.values[row]
+        for layer, (batch_keys, batch_values) in enumerate(zip(batch.keys, batch.values)):
+            layer_keys, layer_values = batch_keys[row], batch_values[row]
             heads = layer_keys.shape[0]
             if budget is not None and length > budget:
                 pooled = eviction.pooled_scores(
@@ -475,7 +581,7 @@ class ParallelCompEngine:
         """Concatenate the kept chunks' KV (one prefix when deduplicated) into one cache."""
         config = self.config
         calibrate = config.calibration_layers is not None
-        cache = DynamicCache()
+        merged_keys, merged_values = [], []
         candidates: dict[int, torch.Tensor] = {}
         for layer in range(len(stored[0].keys)):
             key_parts, value_parts, candidate_parts = [], [], []
@@ -494,12 +600,11 @@ class ParallelCompEngine:
                 value_parts.append(piece.values[layer])
                 if calibrate:
                     candidate_parts.append(self._region(piece.offsets[layer], len(chunks[index])))
-            cache.update(
-                torch.cat(key_parts, dim=1)[None], torch.cat(value_parts, dim=1)[None], layer
-            )
+            merged_keys.append(torch.cat(key_parts, dim=1)[None])
+            merged_values.append(torch.cat(value_parts, dim=1)[None])
             if calibrate:
                 candidates[layer] = torch.cat(candidate_parts, dim=1)[None]
-        return cache, (candidates if calibrate else None)
+        return cache_from_tensors(merged_keys, merged_values), (candidates if calibrate else None)
 
     def _region(self, offsets: torch.Tensor, length: int) -> torch.Tensor:
         """Which kept entries (by offset in their chunk) lie in the calibration region."""
@@ -583,3 +688,13 @@ def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _device_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return 0
+
+
+def _host_memory() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .attention import AttentionProbe, active_probe
+from .kvcache import cache_from_tensors, tensors_of
 
 _CPU_MEMORY_SHARE = 0.5
 _GPU_MEMORY_SHARE = 0.7
@@ -20,17 +21,37 @@ _MAX_AUTO_BATCH = 32
 
 
 @dataclass
-class RowBatch:
-    """KV cache of left-padded rows, with where each row's real tokens start and end."""
+class EncodedBatch:
+    """KV of left-padded `[prefix][chunk]` rows: per layer (rows, kv_heads, width, head_dim).
 
-    cache: DynamicCache
-    attention_mask: torch.Tensor
+    Row `r` holds chunk `chunk_indices[r]`: `padding[r]` pad entries, then `lengths[r]` real ones.
+    """
+
+    chunk_indices: list[int]
     padding: list[int]
     lengths: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
 
     @property
     def width(self) -> int:
-        return int(self.attention_mask.shape[1])
+        return self.padding[0] + self.lengths[0]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        device = self.keys[0].device
+        positions = torch.arange(self.width, device=device)[None, :]
+        return (positions >= torch.tensor(self.padding, device=device)[:, None]).long()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def to(self, device: torch.device) -> EncodedBatch:
+        return EncodedBatch(
+            self.chunk_indices, self.padding, self.lengths,
+            [t.to(device) for t in self.keys], [t.to(device) for t in self.values],
+        )
 
 
 def _device(model: PreTrainedModel) -> torch.device:
@@ -38,8 +59,10 @@ def _device(model: PreTrainedModel) -> torch.device:
 
 
 @torch.inference_mode()
-def prefill_rows(model: PreTrainedModel, rows: list[list[int]], pad_id: int) -> RowBatch:
-    """Run the model over `rows` (token id lists) as one left-padded batch; keep the KV cache."""
+def prefill_rows(
+    model: PreTrainedModel, rows: list[list[int]], pad_id: int, chunk_indices: list[int]
+) -> EncodedBatch:
+    """Run the model over `rows` (token id lists) as one left-padded batch; keep the KV."""
     device = _device(model)
     width = max(len(row) for row in rows)
     padding = [width - len(row) for row in rows]
@@ -61,19 +84,20 @@ def prefill_rows(model: PreTrainedModel, rows: list[list[int]], pad_id: int) -> 
         use_cache=True,
         logits_to_keep=1,
     )
-    return RowBatch(cache, attention_mask, padding, [len(row) for row in rows])
+    keys, values = tensors_of(cache)
+    return EncodedBatch(chunk_indices, padding, [len(row) for row in rows], keys, values)
 
 
 @torch.inference_mode()
 def question_pass(
-    model: PreTrainedModel, batch: RowBatch, question_ids: list[int], probe: AttentionProbe
+    model: PreTrainedModel, batch: EncodedBatch, question_ids: list[int], probe: AttentionProbe
 ) -> torch.Tensor:
     """Run the question block after every row of `batch`; return its logits (rows, q, vocab).
 
     Each row's question starts at the position right after that row's own tokens. The batch's
-    cache grows by the question's entries.
+    stored KV is left as it was.
     """
-    device = batch.attention_mask.device
+    device = batch.keys[0].device
     rows, q_len = len(batch.lengths), len(question_ids)
     input_ids = torch.tensor([question_ids], dtype=torch.long, device=device).expand(rows, q_len)
     attention_mask = torch.cat(
@@ -86,7 +110,7 @@ def question_pass(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=batch.cache,
+            past_key_values=cache_from_tensors(batch.keys, batch.values),
             use_cache=True,
         )
     return output.logits

@@ -1,0 +1,110 @@
+"""Encode once, ask many: equal answers, reuse without prefill, budgets, disk round trip, refusal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from parallelcomp_llm import InvalidInputError
+from parallelcomp_llm.context_cache import CacheStore, ContextCacheMismatchError
+from parallelcomp_llm.testing import text_of_tokens, tiny_engine
+
+DOCS = [text_of_tokens(300, seed=i) for i in range(5)]
+SETTINGS = dict(keep_chunks=2, kv_budget_per_chunk=48, chunk_batch_size=2)
+
+
+def count_prefill_calls(engine, question_tokens: int) -> list[int]:
+    """Widths of forward passes longer than a question: chunk prefills."""
+    widths: list[int] = []
+
+    def record(module, args, kwargs):
+        width = kwargs["input_ids"].shape[1]
+        if width > question_tokens:
+            widths.append(width)
+
+    engine.model.register_forward_pre_hook(record, with_kwargs=True)
+    return widths
+
+
+def test_answers_with_a_cache_equal_answers_without():
+    engine = tiny_engine("qwen2", **SETTINGS)
+    fresh = tiny_engine("qwen2", **SETTINGS)
+    cache = engine.encode(DOCS)
+    for question in ("Which?", "Who wrote it?"):
+        with_cache = engine.generate(cache, question, max_new_tokens=16)
+        without = fresh.generate(DOCS, question, max_new_tokens=16)
+        assert with_cache.token_ids == without.token_ids
+        assert with_cache.stats.context_cache_hit and with_cache.stats.chunks_prefilled == 0
+        assert [c.score for c in with_cache.stats.chunks] == pytest.approx(
+            [c.score for c in without.stats.chunks], abs=1e-5
+        )
+    assert "".join(engine.stream(cache, "Which?", max_new_tokens=16)) == engine.generate(
+        cache, "Which?", max_new_tokens=16
+    ).text
+
+
+def test_engine_reuses_recent_contexts_without_prefill():
+    engine = tiny_engine("llama", context_cache_host_fraction=0.05, **SETTINGS)
+    question = "Where?"
+    widths = count_prefill_calls(engine, 30)
+    first = engine.generate(DOCS, question, max_new_tokens=8)
+    assert (first.stats.context_cache_hit, first.stats.chunks_prefilled) == (False, 5)
+    assert len(widths) == 3
+    second = engine.generate(list(DOCS), "Anything else?", max_new_tokens=8)
+    assert (second.stats.context_cache_hit, second.stats.chunks_prefilled) == (True, 0)
+    assert len(widths) == 3
+    other = engine.generate(DOCS[:4], question, max_new_tokens=8)
+    assert not other.stats.context_cache_hit
+    reference = tiny_engine("llama", **SETTINGS).generate(DOCS, "Anything else?", max_new_tokens=8)
+    assert second.token_ids == reference.token_ids
+
+
+def test_store_keeps_within_budget_least_recently_used_first():
+    engine = tiny_engine("llama", **SETTINGS)
+    caches = [engine.encode([text_of_tokens(300, seed=s)]) for s in range(4)]
+    size = caches[0].nbytes
+    assert all(c.nbytes == size for c in caches)
+    store = CacheStore(torch.device("cpu"), device_budget=0, host_budget=2 * size)
+    for cache in caches[:3]:
+        store.put(cache)
+    assert store.keys == [caches[1].context_key, caches[2].context_key]
+    assert store.get(caches[1].context_key) is not None
+    store.put(caches[3])
+    assert store.keys == [caches[1].context_key, caches[3].context_key]
+    assert store.get(caches[0].context_key) is None
+    too_big = CacheStore(torch.device("cpu"), device_budget=0, host_budget=size - 1)
+    too_big.put(caches[0])
+    assert too_big.keys == []
+
+
+def test_save_and_load_round_trip(tmp_path):
+    engine = tiny_engine("mistral", **SETTINGS)
+    cache = engine.encode(DOCS)
+    path = tmp_path / "corpus.safetensors"
+    cache.save(path)
+    loaded = engine.load_context_cache(path)
+    assert loaded.context_key == cache.context_key and loaded.nbytes == cache.nbytes
+    assert [c.token_ids for c in loaded.chunks] == [c.token_ids for c in cache.chunks]
+    assert [c.spans for c in loaded.chunks] == [c.spans for c in cache.chunks]
+    expected = engine.generate(cache, "Which?", max_new_tokens=12)
+    assert engine.generate(loaded, "Which?", max_new_tokens=12).token_ids == expected.token_ids
+
+
+def test_cache_for_another_model_or_settings_is_refused(tmp_path):
+    cache = tiny_engine("llama", **SETTINGS).encode(DOCS)
+    path = tmp_path / "corpus.safetensors"
+    cache.save(path)
+    other_weights = tiny_engine("llama", seed=1, **SETTINGS)
+    other_chunks = tiny_engine("llama", **(SETTINGS | {"chunk_tokens": 200}))
+    for engine in (other_weights, other_chunks):
+        with pytest.raises(ContextCacheMismatchError):
+            engine.load_context_cache(path)
+        with pytest.raises(ContextCacheMismatchError):
+            engine.generate(cache, "Which?")
+
+
+def test_unreadable_cache_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "not-a-cache.safetensors"
+    path.write_bytes(b"garbage")
+    with pytest.raises(InvalidInputError, match="cannot read context cache"):
+        tiny_engine("llama").load_context_cache(path)
