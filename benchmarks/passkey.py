@@ -49,7 +49,9 @@ def random_key(seed: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=32_000)
     parser.add_argument("--depth", type=float, default=0.5)
     parser.add_argument("--key", type=int, default=None, help="default: drawn from --seed")

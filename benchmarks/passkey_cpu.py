@@ -33,8 +33,16 @@ def run_cli(haystack: str) -> tuple[str, float, dict]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as handle:
         handle.write(haystack)
     command = [
-        sys.executable, "-m", "parallelcomp_llm.cli", "ask", "--context", handle.name,
-        "--max-new-tokens", str(NEW_TOKENS), "--stats", QUESTION,
+        sys.executable,
+        "-m",
+        "parallelcomp_llm.cli",
+        "ask",
+        "--context",
+        handle.name,
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+        "--stats",
+        QUESTION,
     ]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -46,7 +54,9 @@ def run_cli(haystack: str) -> tuple[str, float, dict]:
 
 def run_full(model, tokenizer, haystack: str) -> tuple[str, float]:
     messages = [{"role": "user", "content": haystack + "\n\n" + QUESTION}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     started = time.perf_counter()
     with torch.inference_mode():
         output = model.generate(**ids, max_new_tokens=NEW_TOKENS, do_sample=False)
@@ -56,7 +66,9 @@ def run_full(model, tokenizer, haystack: str) -> tuple[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=32_000)
     parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     parser.add_argument("--methods", nargs="+", default=["parallelcomp", "full"])
@@ -83,14 +95,21 @@ def main() -> None:
             record = {"method": method, "tokens": count(haystack), "depth": depth, "key": key}
             if method == "parallelcomp":
                 answer, seconds, stats = run_cli(haystack)
-                record |= {"chunks_total": stats["chunks_total"], "chunks_kept": stats["chunks_kept"],
-                           "kv_entries_kept": stats["kv_entries_kept"]}
+                record |= {
+                    "chunks_total": stats["chunks_total"],
+                    "chunks_kept": stats["chunks_kept"],
+                    "kv_entries_kept": stats["kv_entries_kept"],
+                }
             else:
                 if model is None:
                     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
                 answer, seconds = run_full(model, tokenizer, haystack)
-            record |= {"answer": answer, "correct": first_integer(answer) == key,
-                       "seconds": round(seconds, 1), "hardware": hardware}
+            record |= {
+                "answer": answer,
+                "correct": first_integer(answer) == key,
+                "seconds": round(seconds, 1),
+                "hardware": hardware,
+            }
             print(json.dumps(record), flush=True)
             with RESULTS.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")

@@ -22,8 +22,10 @@ def main() -> None:
     for delta in stream:
         print(delta, end="", flush=True)
     stats = stream.answer.stats
-    print(f"\n\n{stats.context_tokens} context tokens in {stats.chunks_total} chunks; "
-          f"kept {stats.chunks_kept}, prefill {stats.prefill_seconds:.1f} s")
+    print(
+        f"\n\n{stats.context_tokens} context tokens in {stats.chunks_total} chunks; "
+        f"kept {stats.chunks_kept}, prefill {stats.prefill_seconds:.1f} s"
+    )
     print("documents used:", ", ".join(files[i].name for i in stats.kept_documents))
 
 

@@ -64,16 +64,16 @@ class AttentionProbe:
             if layer not in self.keep_masks:
                 weights = _grouped_attention(query, key, attention_mask, scaling)
                 self.keep_masks[layer] = self.calibration.keep_mask(layer, weights.mean(dim=2))
-            attention_mask = _apply_keep_mask(
-                attention_mask, self.keep_masks[layer], query, key
-            )
+            attention_mask = _apply_keep_mask(attention_mask, self.keep_masks[layer], query, key)
         return attention_mask
 
 
 class CalibrationRule:
     """Which KV entries of which layers may be evicted as attention-bias tokens."""
 
-    def __init__(self, layers: range, candidates: dict[int, torch.Tensor], threshold: float) -> None:
+    def __init__(
+        self, layers: range, candidates: dict[int, torch.Tensor], threshold: float
+    ) -> None:
         self.layers = layers
         self.candidates = candidates
         self.threshold = threshold

@@ -31,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer a question over one or more text files")
     ask.add_argument("question")
     ask.add_argument(
-        "--context", action="append", required=True, metavar="FILE",
+        "--context",
+        action="append",
+        required=True,
+        metavar="FILE",
         help="a UTF-8 text file, each one a document ('-' reads standard input); repeatable",
     )
     ask.add_argument("--model", help="model name or path (default: SmolLM2-135M-Instruct)")
@@ -78,8 +81,14 @@ def _ask(args: argparse.Namespace) -> None:
     else:
         engine = ParallelCompEngine.default(**overrides)
     stream = engine.stream(
-        documents, args.question, max_new_tokens=args.max_new_tokens, stop=args.stop,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=True,
+        documents,
+        args.question,
+        max_new_tokens=args.max_new_tokens,
+        stop=args.stop,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        progress=True,
     )
     for delta in stream:
         sys.stdout.write(delta)

@@ -100,7 +100,8 @@ class ParallelCompConfig(BaseModel):
     )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2"] = Field(
-        "auto", description="'auto': flash_attention_2 on CUDA when flash-attn is installed, else sdpa."
+        "auto",
+        description="'auto': flash_attention_2 on CUDA when flash-attn is installed, else sdpa.",
     )
     use_chat_template: bool | None = Field(
         None, description="Wrap prompts in the tokenizer's chat template. None: when it has one."

@@ -56,7 +56,9 @@ class ContextCache:
         if self.device == device:
             return self
         batches = [batch.to(device) for batch in self.batches]
-        return ContextCache(self.model_key, self.context_key, self.chunks, self.context_tokens, batches)
+        return ContextCache(
+            self.model_key, self.context_key, self.chunks, self.context_tokens, batches
+        )
 
     def save(self, path: str | Path) -> None:
         """Write the cache to one safetensors file."""
@@ -100,12 +102,16 @@ class ContextCache:
             layers = sum(1 for name in tensors if name.startswith(f"batch{b}.keys"))
             batches.append(
                 EncodedBatch(
-                    meta["chunk_indices"], meta["padding"], meta["lengths"],
+                    meta["chunk_indices"],
+                    meta["padding"],
+                    meta["lengths"],
                     [tensors[f"batch{b}.keys{i}"] for i in range(layers)],
                     [tensors[f"batch{b}.values{i}"] for i in range(layers)],
                 )
             )
-        return cls(header["model_key"], header["context_key"], chunks, header["context_tokens"], batches)
+        return cls(
+            header["model_key"], header["context_key"], chunks, header["context_tokens"], batches
+        )
 
 
 class CacheStore:

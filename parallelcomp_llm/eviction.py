@@ -27,7 +27,9 @@ def attention_mass(
     over window queries, layers and KV heads (0 to 1)."""
     rows = []
     for row, (start, end) in enumerate(zip(starts, ends)):
-        per_layer = [scores[row, :, start:end].sum(dim=-1).mean() for scores in window_scores.values()]
+        per_layer = [
+            scores[row, :, start:end].sum(dim=-1).mean() for scores in window_scores.values()
+        ]
         rows.append(torch.stack(per_layer).mean() / window)
     return torch.stack(rows)
 

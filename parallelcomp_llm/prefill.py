@@ -49,8 +49,11 @@ class EncodedBatch:
 
     def to(self, device: torch.device) -> EncodedBatch:
         return EncodedBatch(
-            self.chunk_indices, self.padding, self.lengths,
-            [t.to(device) for t in self.keys], [t.to(device) for t in self.values],
+            self.chunk_indices,
+            self.padding,
+            self.lengths,
+            [t.to(device) for t in self.keys],
+            [t.to(device) for t in self.values],
         )
 
 

@@ -84,7 +84,9 @@ class PromptBuilder:
         return self.encode(self.template.between + question + self.template.suffix)
 
     def layout(self, question: str) -> PromptLayout:
-        return PromptLayout(prefix_ids=list(self.prefix_ids), question_ids=self.question_ids(question))
+        return PromptLayout(
+            prefix_ids=list(self.prefix_ids), question_ids=self.question_ids(question)
+        )
 
     def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a whole chat (no separate context), ready for the answer."""

@@ -90,7 +90,9 @@ def tiny_engine(architecture: str = "llama", window: int = 512, seed: int = 0, *
     from .engine import ParallelCompEngine
 
     config = ParallelCompConfig(**(SMALL_RESERVES | settings))
-    return ParallelCompEngine(tiny_model(architecture, window=window, seed=seed), tiny_tokenizer(), config)
+    return ParallelCompEngine(
+        tiny_model(architecture, window=window, seed=seed), tiny_tokenizer(), config
+    )
 
 
 def text_of_tokens(count: int, seed: int = 0) -> str:

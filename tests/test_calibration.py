@@ -29,7 +29,12 @@ def test_probe_masks_the_biased_key_in_calibrated_layers_only():
     assert mask[0, :, 0].tolist() == [[True, True, False, True, True]] * 2
     longer = torch.cat([keys, torch.zeros(1, 1, 1, 4)], dim=2)
     assert probe.observe(0, query, longer, None, scaling=1.0)[0, 0, 0].tolist() == [
-        True, True, False, True, True, True,
+        True,
+        True,
+        False,
+        True,
+        True,
+        True,
     ]
     assert probe.observe(1, query, keys, None, scaling=1.0) is None
 

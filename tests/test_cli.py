@@ -23,8 +23,18 @@ def model_dir(tmp_path_factory):
 
 def ask(model_dir, *args: str) -> list[str]:
     return [
-        "ask", "--model", str(model_dir), "--max-new-tokens", "12", "--chunk-tokens", "300",
-        "--keep-chunks", "2", "--kv-budget", "40", *args,
+        "ask",
+        "--model",
+        str(model_dir),
+        "--max-new-tokens",
+        "12",
+        "--chunk-tokens",
+        "300",
+        "--keep-chunks",
+        "2",
+        "--kv-budget",
+        "40",
+        *args,
     ]
 
 

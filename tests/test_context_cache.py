@@ -38,9 +38,10 @@ def test_answers_with_a_cache_equal_answers_without():
         assert [c.score for c in with_cache.stats.chunks] == pytest.approx(
             [c.score for c in without.stats.chunks], abs=1e-5
         )
-    assert "".join(engine.stream(cache, "Which?", max_new_tokens=16)) == engine.generate(
-        cache, "Which?", max_new_tokens=16
-    ).text
+    assert (
+        "".join(engine.stream(cache, "Which?", max_new_tokens=16))
+        == engine.generate(cache, "Which?", max_new_tokens=16).text
+    )
 
 
 def test_engine_reuses_recent_contexts_without_prefill():

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.passkey import QUESTION, first_integer, passkey_haystack
-from parallelcomp_llm import ModelDownloadError
-from parallelcomp_llm import default_model
+from parallelcomp_llm import ModelDownloadError, default_model
 from parallelcomp_llm.cli import main
 
 

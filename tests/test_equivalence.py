@@ -5,25 +5,35 @@ from __future__ import annotations
 import torch
 
 from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
-from parallelcomp_llm.testing import tiny_model, tiny_tokenizer
-
-from parallelcomp_llm.testing import SMALL_RESERVES, text_of_tokens
-from parallelcomp_llm.testing import tiny_engine
+from parallelcomp_llm.testing import (
+    SMALL_RESERVES,
+    text_of_tokens,
+    tiny_engine,
+    tiny_model,
+    tiny_tokenizer,
+)
 
 
 def plain_greedy(engine: ParallelCompEngine, prompt_ids: list[int], new_tokens: int) -> list[int]:
     output = engine.model.generate(
-        torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False,
-        eos_token_id=None, pad_token_id=engine.tokenizer.pad_token_id,
+        torch.tensor([prompt_ids]),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=engine.tokenizer.pad_token_id,
     )
-    return output[0, len(prompt_ids):].tolist()
+    return output[0, len(prompt_ids) :].tolist()
 
 
 def test_one_chunk_matches_model_generate(architecture):
     engine = tiny_engine(architecture, kv_budget_per_chunk=None)
     context, question = text_of_tokens(300), "What is written?"
     answer = engine.generate(context, question, max_new_tokens=24)
-    prompt = engine.prompts.prefix_ids + engine.prompts.encode(context) + engine.prompts.question_ids(question)
+    prompt = (
+        engine.prompts.prefix_ids
+        + engine.prompts.encode(context)
+        + engine.prompts.question_ids(question)
+    )
     engine._eos_ids.clear()
     assert answer.stats.chunks_total == 1
     expected = plain_greedy(engine, prompt, len(answer.token_ids))
@@ -38,7 +48,11 @@ def test_one_chunk_matches_without_chat_template(architecture):
     engine._eos_ids.clear()
     context, question = text_of_tokens(200, seed=2), "Who?"
     answer = engine.generate(context, question, max_new_tokens=16)
-    prompt = [tokenizer.bos_token_id] + engine.prompts.encode(context) + engine.prompts.question_ids(question)
+    prompt = (
+        [tokenizer.bos_token_id]
+        + engine.prompts.encode(context)
+        + engine.prompts.question_ids(question)
+    )
     assert prompt[: len(engine.prompts.prefix_ids)] == engine.prompts.prefix_ids
     assert answer.token_ids == plain_greedy(engine, prompt, 16)
 
@@ -55,8 +69,9 @@ def test_complete_matches_model_generate():
 def test_batch_size_does_not_change_the_answer():
     context = [text_of_tokens(350, seed=s) for s in range(5)]
     answers = [
-        tiny_engine("llama", chunk_batch_size=size, keep_chunks=2, kv_budget_per_chunk=64)
-        .generate(context, "Which one?", max_new_tokens=12)
+        tiny_engine("llama", chunk_batch_size=size, keep_chunks=2, kv_budget_per_chunk=64).generate(
+            context, "Which one?", max_new_tokens=12
+        )
         for size in (1, 2, 5)
     ]
     assert answers[0].token_ids == answers[1].token_ids == answers[2].token_ids

@@ -14,7 +14,7 @@ from parallelcomp_llm import (
     ParallelCompError,
     UnsupportedModelError,
 )
-from parallelcomp_llm.testing import text_of_tokens, tiny_engine, tiny_model, tiny_tokenizer
+from parallelcomp_llm.testing import text_of_tokens, tiny_engine, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,9 @@ def test_unsupported_architecture_is_named():
 
 
 def test_unsupported_architecture_from_a_path(tmp_path):
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=260)).save_pretrained(tmp_path)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=260)).save_pretrained(
+        tmp_path
+    )
     tiny_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError):
         ParallelCompEngine.from_pretrained(tmp_path)
@@ -120,4 +122,6 @@ def test_bad_chat_and_prompt_input(engine):
 def test_prompt_longer_than_window_is_refused():
     engine = tiny_engine("qwen2")
     with pytest.raises(InvalidInputError, match="trained window"):
-        engine.complete(text_of_tokens(600))
+        engine.stream_complete(text_of_tokens(600))
+    with pytest.raises(InvalidInputError, match="trained window"):
+        engine.stream_chat([{"role": "user", "content": text_of_tokens(600)}])

@@ -31,7 +31,9 @@ def test_fraction_and_no_eviction():
 
 def test_without_prefix_dedup_each_kept_chunk_brings_its_prefix():
     engine = tiny_engine("llama", keep_chunks=2, kv_budget_per_chunk=50, dedupe_prefix=False)
-    answer = engine.generate([text_of_tokens(300, seed=i) for i in range(4)], "Q?", max_new_tokens=2)
+    answer = engine.generate(
+        [text_of_tokens(300, seed=i) for i in range(4)], "Q?", max_new_tokens=2
+    )
     assert answer.stats.kv_entries_kept == 2 * (len(engine.prompts.prefix_ids) + 50)
 
 
@@ -56,7 +58,9 @@ def test_token_selection_follows_pooled_scores():
 
 def test_attention_scoring_ranks_and_keeps():
     engine = tiny_engine("llama", keep_chunks=2, chunk_scoring="attention", kv_budget_per_chunk=64)
-    answer = engine.generate([text_of_tokens(300, seed=i) for i in range(4)], "Q?", max_new_tokens=2)
+    answer = engine.generate(
+        [text_of_tokens(300, seed=i) for i in range(4)], "Q?", max_new_tokens=2
+    )
     assert answer.stats.score_kind == "attention"
     scores = [c.score for c in answer.stats.chunks]
     kept = [i for i, c in enumerate(answer.stats.chunks) if c.kept]
