@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 from transformers import (
@@ -51,43 +52,73 @@ class TokenSampler:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
+@dataclass
+class DecodeRow:
+    """One sequence of a decoding batch: its sampler, budget, next position and tokens so far.
+
+    `finish` becomes 'stop' (EOS, or set by the caller when a stop string appears) or 'length'.
+    """
+
+    sampler: TokenSampler
+    max_new_tokens: int
+    next_position: int
+    produced: list[int] = field(default_factory=list)
+    finish: str | None = None
+
+
 @torch.inference_mode()
-def decode_tokens(
+def decode_rows(
     model: PreTrainedModel,
     cache: Cache,
     last_logits: torch.Tensor,
-    next_position: int,
-    sampler: TokenSampler,
+    rows: list[DecodeRow],
     eos_ids: set[int],
-    max_new_tokens: int,
+    pad_id: int,
+    attention_mask: torch.Tensor | None = None,
     probe: AttentionProbe | None = None,
-) -> Iterator[int]:
-    """Yield new token ids until EOS (not yielded) or `max_new_tokens`.
+) -> Iterator[list[int | None]]:
+    """Decode every row of the batch in step; yield each step's new token per row (None for a
+    finished row) until every row has finished. EOS is not yielded.
 
-    `last_logits` (vocab,) are the logits after the prompt; `next_position` is the position id of
-    the first new token. Each step feeds the chosen token back with the cache, under `probe`
-    (which keeps applying the calibration masks of the request).
+    `last_logits` (rows, vocab) are the logits after each row's prompt. `attention_mask`
+    (rows, cache width) marks padding in the cache, if any; every new token is attended. Each step
+    runs under `probe`, which keeps applying the request's calibration masks.
     """
     device = last_logits.device
-    produced: list[int] = []
     logits = last_logits
-    for step in range(max_new_tokens):
-        history = torch.tensor([produced], dtype=torch.long, device=device)
-        token = sampler(history, logits)
-        if token in eos_ids:
+    while True:
+        tokens: list[int | None] = []
+        for index, row in enumerate(rows):
+            token = None
+            if row.finish is None:
+                history = torch.tensor([row.produced], dtype=torch.long, device=device)
+                token = row.sampler(history, logits[index])
+                if token in eos_ids:
+                    row.finish, token = "stop", None
+                else:
+                    row.produced.append(token)
+                    if len(row.produced) == row.max_new_tokens:
+                        row.finish = "length"
+            tokens.append(token)
+        if any(token is not None for token in tokens):
+            yield tokens
+        if all(row.finish is not None for row in rows):
             return
-        produced.append(token)
-        yield token
-        if step + 1 == max_new_tokens:
-            return
+        input_ids = [[pad_id if token is None else token] for token in tokens]
+        positions = [[row.next_position + max(len(row.produced) - 1, 0)] for row in rows]
+        if attention_mask is not None:
+            attention_mask = torch.cat(
+                [attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1
+            )
         with active_probe(probe):
             output = model(
-                input_ids=torch.tensor([[token]], device=device),
-                position_ids=torch.tensor([[next_position + step]], device=device),
+                input_ids=torch.tensor(input_ids, device=device),
+                position_ids=torch.tensor(positions, device=device),
+                attention_mask=attention_mask,
                 past_key_values=cache,
                 use_cache=True,
             )
-        logits = output.logits[0, -1]
+        logits = output.logits[:, -1]
 
 
 class TextDeltas:

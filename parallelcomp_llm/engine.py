@@ -21,13 +21,14 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import eviction
 from .answer import Answer, AnswerStats, AnswerStream, ChunkInfo
-from .attention import AttentionProbe, CalibrationRule, active_probe
+from .attention import AttentionProbe
 from .chunking import Chunk, split_into_chunks
 from .config import ParallelCompConfig
 from .context_cache import CacheStore, ContextCache, ContextCacheMismatchError, digest
-from .decoding import TextDeltas, TokenSampler, decode_tokens
+from .decoding import DecodeRow, TextDeltas, TokenSampler, decode_rows
 from .errors import ContextTooLongError, InvalidConfigError, InvalidInputError
-from .kvcache import cache_from_tensors
+from .final_pass import FinalRow, FinalState, run_final_pass
+from .merging import StoredChunk, merge_chunks, store_chunk
 from .models import (
     check_supported,
     load_model_and_tokenizer,
@@ -58,18 +59,6 @@ class DecodeOptions:
     top_p: float
     top_k: int | None
     seed: int | None
-
-
-@dataclass
-class _StoredChunk:
-    """A chunk's KV after KV eviction: per layer (kv_heads, entries, head_dim), and the offsets of
-    the kept entries within the chunk (kv_heads, entries)."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    offsets: list[torch.Tensor]
-    prefix_keys: list[torch.Tensor] | None
-    prefix_values: list[torch.Tensor] | None
 
 
 @dataclass
@@ -268,8 +257,35 @@ class ParallelCompEngine:
         Input is checked here, before any model work; errors raise from this call.
         """
         options = self._decode_options(max_new_tokens, stop, temperature, top_p, top_k, seed)
-        request = self._prepare(context, question, options, progress)
-        return AnswerStream(self._answer_events(request))
+        request = self._prepare(self._encoding(context), question, options, progress)
+        return AnswerStream(_events_of_row(self._answer_events([request]), 0))
+
+    def generate_batch(
+        self,
+        context: Context,
+        questions: Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[Answer]:
+        """Answer several questions over one context in one call: the context is encoded once,
+        each question selects its own chunks and KV, and the final passes and decoding run as one
+        batch. Answers come in the order of `questions`."""
+        if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
+            raise InvalidInputError("questions must be a non-empty sequence of strings")
+        options = self._decode_options(max_new_tokens, stop, temperature, top_p, top_k, seed)
+        encoding = self._encoding(context)
+        requests = [self._prepare(encoding, q, options, progress) for q in questions]
+        answers: list[Answer | None] = [None] * len(requests)
+        for index, event in self._answer_events(requests):
+            if isinstance(event, Answer):
+                answers[index] = event
+        return answers
 
     def complete(self, prompt: str, **kwargs) -> Answer:
         """Continue `prompt` as an ordinary LLM (no context, no template; within the trained window)."""
@@ -396,11 +412,10 @@ class ParallelCompEngine:
         return _Encoding(chunks, context_tokens, digest(self.model_key, documents), None)
 
     def _prepare(
-        self, context: Context, question: str, options: DecodeOptions, progress: bool
+        self, encoding: _Encoding, question: str, options: DecodeOptions, progress: bool
     ) -> _Request:
         if not isinstance(question, str) or not question.strip():
             raise InvalidInputError("question is empty")
-        encoding = self._encoding(context)
         question_ids = self.prompts.question_ids(question)
         longest = max(len(chunk) for chunk in encoding.chunks)
         needed = len(self.prompts.prefix_ids) + longest + len(question_ids) + options.max_new_tokens
@@ -440,35 +455,35 @@ class ParallelCompEngine:
 
     # -- the request ------------------------------------------------------------------------
 
-    def _answer_events(self, request: _Request) -> Iterator[str | Answer]:
+    def _answer_events(self, requests: list[_Request]) -> Iterator[tuple[int, str | Answer]]:
+        """Answer several questions over one context: shared chunk encoding, per-question
+        selection, one batched final pass and decoding. Yields (request index, delta or Answer)."""
+        encoding = requests[0].encoding
         with self._lock:
             started = _start_measuring(self.device)
-            stats = AnswerStats(
-                context_tokens=request.encoding.context_tokens, chunks_total=len(request.chunks)
-            )
-            stored, kept = self._encode_and_select(request, stats)
-            cache, candidates = self._merge(request.chunks, stored, kept)
-            stats.kv_entries_kept = cache.get_seq_length()
-            start = len(self.prompts.prefix_ids) + max(len(request.chunks[i]) for i in kept)
-            probe = None
-            if candidates is not None:
-                first, last = self.config.calibration_layers
-                probe = AttentionProbe(
-                    calibration=CalibrationRule(
-                        range(first, last + 1), candidates, self.config.calibration_threshold
-                    )
+            stats = [
+                AnswerStats(
+                    context_tokens=encoding.context_tokens, chunks_total=len(encoding.chunks)
                 )
-            logits = self._prefill_prompt(cache, request.question_ids, start, probe)
-            stats.prompt_tokens = stats.kv_entries_kept + len(request.question_ids)
-            yield from self._decode(
-                cache,
-                logits,
-                start + len(request.question_ids),
-                probe,
-                request.options,
-                stats,
-                started,
-            )
+                for _ in requests
+            ]
+            rows = []
+            for request, row_stats, (stored, kept) in zip(
+                requests, stats, self._encode_and_select(requests, stats), strict=True
+            ):
+                merged = merge_chunks(stored, kept, self.config)
+                del stored
+                row_stats.kv_entries_kept = merged.entries
+                row_stats.prompt_tokens = merged.entries + len(request.question_ids)
+                start = len(self.prompts.prefix_ids) + max(len(encoding.chunks[i]) for i in kept)
+                rows.append(FinalRow(merged, request.question_ids, start))
+            calibration = None
+            if self.config.calibration_layers is not None:
+                first, last = self.config.calibration_layers
+                calibration = (range(first, last + 1), self.config.calibration_threshold)
+            state = run_final_pass(self.model, rows, self._pad_id, calibration)
+            del rows
+            yield from self._decode(state, [r.options for r in requests], stats, started)
 
     def _prompt_stream(self, prompt_ids: list[int], options: DecodeOptions) -> AnswerStream:
         if len(prompt_ids) + options.max_new_tokens > self.native_window:
@@ -484,58 +499,75 @@ class ParallelCompEngine:
         with self._lock:
             started = _start_measuring(self.device)
             stats = AnswerStats(prompt_tokens=len(prompt_ids))
-            cache = DynamicCache()
-            logits = self._prefill_prompt(cache, prompt_ids, 0, None)
-            yield from self._decode(cache, logits, len(prompt_ids), None, options, stats, started)
+            state = self._prefill_prompt(prompt_ids)
+            for _, event in self._decode(state, [options], [stats], started):
+                yield event
 
     def _encode_and_select(
-        self, request: _Request, stats: AnswerStats
-    ) -> tuple[list[_StoredChunk], list[int]]:
-        """Prefill every chunk, score it, evict KV inside it; return stored chunks and kept indices."""
-        config, chunks = self.config, request.chunks
+        self, requests: list[_Request], stats: list[AnswerStats]
+    ) -> list[tuple[list[StoredChunk], list[int]]]:
+        """Encode (or reuse) every chunk once; for each question, score the chunks, evict KV
+        inside them and pick the kept ones. Returns (stored chunks, kept indices) per question."""
+        config, encoding = self.config, requests[0].encoding
+        chunks, prefix = encoding.chunks, len(self.prompts.prefix_ids)
         keep = config.chunks_to_keep(len(chunks))
-        budget = config.kv_budget_per_chunk
         rank = keep < len(chunks)
-        evict = budget is not None and any(len(chunk) > budget for chunk in chunks)
-        window = (
-            min(config.observation_window, len(request.question_ids))
-            if evict or (rank and config.chunk_scoring == "attention")
-            else None
+        evict = config.kv_budget_per_chunk is not None and any(
+            len(chunk) > config.kv_budget_per_chunk for chunk in chunks
         )
-        stored: list[_StoredChunk] = []
-        scores: list[float] = []
-        for batch in self._encoded_batches(request.encoding, stats, request.progress):
-            probe = AttentionProbe(window=window)
-            if rank or evict:
-                logits = question_pass(self.model, batch, request.question_ids, probe)
-                if rank:
-                    scores.extend(self._chunk_scores(batch, logits, probe, request))
-                del logits
-            for row, index in enumerate(batch.chunk_indices):
-                stored.append(
-                    self._store_chunk(
-                        batch, row, len(chunks[index]), probe.window_scores, index == 0
-                    )
+        stored: list[list[StoredChunk]] = [[] for _ in requests]
+        scores: list[list[float]] = [[] for _ in requests]
+        progress = any(request.progress for request in requests)
+        for batch in self._encoded_batches(encoding, stats[0], progress):
+            for number, request in enumerate(requests):
+                window = min(config.observation_window, len(request.question_ids))
+                probe = AttentionProbe(
+                    window=window
+                    if evict or (rank and config.chunk_scoring == "attention")
+                    else None
                 )
-            del batch, probe
-        if rank:
-            kept = eviction.chunks_to_keep(
-                scores, keep, lower_is_better=config.chunk_scoring == "nll"
-            )
-            stats.score_kind = config.chunk_scoring
-        else:
-            kept = list(range(len(chunks)))
-        stats.chunks_kept = len(kept)
-        stats.chunks = [
-            ChunkInfo(
-                documents=tuple(chunk.documents),
-                tokens=len(chunk),
-                score=scores[i] if rank else None,
-                kept=i in kept,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
-        return stored, kept
+                if rank or evict:
+                    logits = question_pass(self.model, batch, request.question_ids, probe)
+                    if rank:
+                        scores[number].extend(self._chunk_scores(batch, logits, probe, request))
+                    del logits
+                for row, index in enumerate(batch.chunk_indices):
+                    keep_prefix = index == 0 or not config.dedupe_prefix
+                    stored[number].append(
+                        store_chunk(
+                            batch,
+                            row,
+                            len(chunks[index]),
+                            prefix,
+                            probe.window_scores,
+                            keep_prefix,
+                            config,
+                        )
+                    )
+            del batch
+        selections = []
+        for number, row_stats in enumerate(stats):
+            row_stats.context_cache_hit = stats[0].context_cache_hit
+            row_stats.chunks_prefilled = stats[0].chunks_prefilled if number == 0 else 0
+            if rank:
+                kept = eviction.chunks_to_keep(
+                    scores[number], keep, lower_is_better=config.chunk_scoring == "nll"
+                )
+                row_stats.score_kind = config.chunk_scoring
+            else:
+                kept = list(range(len(chunks)))
+            row_stats.chunks_kept = len(kept)
+            row_stats.chunks = [
+                ChunkInfo(
+                    documents=tuple(chunk.documents),
+                    tokens=len(chunk),
+                    score=scores[number][i] if rank else None,
+                    kept=i in kept,
+                )
+                for i, chunk in enumerate(chunks)
+            ]
+            selections.append((stored[number], kept))
+        return selections
 
     def _encoded_batches(
         self, encoding: _Encoding, stats: AnswerStats, progress: bool, keep: bool = False
@@ -586,145 +618,74 @@ class ParallelCompEngine:
         ends = [pad + length for pad, length in zip(batch.padding, batch.lengths)]
         return eviction.attention_mass(probe.window_scores, probe.window, starts, ends).tolist()
 
-    def _store_chunk(
-        self, batch, row: int, length: int, window_scores, first: bool
-    ) -> _StoredChunk:
-        """Copy one row's prefix and (evicted) context KV out of the batch."""
-        prefix = len(self.prompts.prefix_ids)
-        begin = batch.padding[row]
-        context = slice(begin + prefix, begin + prefix + length)
-        budget = self.config.kv_budget_per_chunk
-        keep_prefix = first or not self.config.dedupe_prefix
-        keys, values, offsets, prefix_keys, prefix_values = [], [], [], [], []
-        for layer, (batch_keys, batch_values) in enumerate(zip(batch.keys, batch.values)):
-            layer_keys, layer_values = batch_keys[row], batch_values[row]
-            heads = layer_keys.shape[0]
-            if budget is not None and length > budget:
-                pooled = eviction.pooled_scores(
-                    window_scores[layer][row, :, context], self.config.pooling_kernel
-                )
-                picked = eviction.top_entries(pooled, budget)
-                keys.append(eviction.gather_entries(layer_keys[:, context], picked))
-                values.append(eviction.gather_entries(layer_values[:, context], picked))
-                offsets.append(picked)
-            else:
-                keys.append(layer_keys[:, context].clone())
-                values.append(layer_values[:, context].clone())
-                offsets.append(torch.arange(length, device=layer_keys.device).expand(heads, -1))
-            if keep_prefix:
-                prefix_keys.append(layer_keys[:, begin : begin + prefix].clone())
-                prefix_values.append(layer_values[:, begin : begin + prefix].clone())
-        return _StoredChunk(
-            keys,
-            values,
-            offsets,
-            prefix_keys if keep_prefix else None,
-            prefix_values if keep_prefix else None,
-        )
-
-    def _merge(
-        self, chunks: list[Chunk], stored: list[_StoredChunk], kept: list[int]
-    ) -> tuple[DynamicCache, dict[int, torch.Tensor] | None]:
-        """Concatenate the kept chunks' KV (one prefix when deduplicated) into one cache."""
-        config = self.config
-        calibrate = config.calibration_layers is not None
-        merged_keys, merged_values = [], []
-        candidates: dict[int, torch.Tensor] = {}
-        for layer in range(len(stored[0].keys)):
-            key_parts, value_parts, candidate_parts = [], [], []
-            for position, index in enumerate(kept):
-                piece = stored[index]
-                owner = stored[0] if config.dedupe_prefix else piece
-                if position == 0 or not config.dedupe_prefix:
-                    key_parts.append(owner.prefix_keys[layer])
-                    value_parts.append(owner.prefix_values[layer])
-                    if calibrate:
-                        heads, size = owner.prefix_keys[layer].shape[:2]
-                        candidate_parts.append(
-                            torch.zeros((heads, size), dtype=torch.bool, device=self.device)
-                        )
-                key_parts.append(piece.keys[layer])
-                value_parts.append(piece.values[layer])
-                if calibrate:
-                    candidate_parts.append(self._region(piece.offsets[layer], len(chunks[index])))
-            merged_keys.append(torch.cat(key_parts, dim=1)[None])
-            merged_values.append(torch.cat(value_parts, dim=1)[None])
-            if calibrate:
-                candidates[layer] = torch.cat(candidate_parts, dim=1)[None]
-        return cache_from_tensors(merged_keys, merged_values), (candidates if calibrate else None)
-
-    def _region(self, offsets: torch.Tensor, length: int) -> torch.Tensor:
-        """Which kept entries (by offset in their chunk) lie in the calibration region."""
-        size = self.config.calibration_region_tokens
-        sink, recent = offsets < size, offsets >= length - size
-        return {
-            "sink": sink,
-            "recent": recent,
-            "middle": ~(sink | recent),
-            "all": torch.ones_like(sink),
-        }[self.config.calibration_region]
-
     @torch.inference_mode()
-    def _prefill_prompt(
-        self, cache: DynamicCache, token_ids: list[int], start: int, probe: AttentionProbe | None
-    ) -> torch.Tensor:
-        """Run `token_ids` at positions `start...` on top of `cache`; return the last logits."""
-        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
-        positions = torch.arange(start, start + len(token_ids), device=self.device)[None]
-        with active_probe(probe):
-            output = self.model(
-                input_ids=input_ids,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        return output.logits[0, -1]
+    def _prefill_prompt(self, token_ids: list[int]) -> FinalState:
+        """Run a plain prompt from position 0 with a fresh cache."""
+        cache = DynamicCache()
+        output = self.model(
+            input_ids=torch.tensor([token_ids], dtype=torch.long, device=self.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return FinalState(cache, None, output.logits[:, -1], [len(token_ids)], None)
 
     def _decode(
         self,
-        cache: DynamicCache,
-        logits: torch.Tensor,
-        next_position: int,
-        probe: AttentionProbe | None,
-        options: DecodeOptions,
-        stats: AnswerStats,
+        state: FinalState,
+        options: list[DecodeOptions],
+        stats: list[AnswerStats],
         started: float,
-    ) -> Iterator[str | Answer]:
+    ) -> Iterator[tuple[int, str | Answer]]:
+        """Decode every row; yield (row, text delta) as text becomes final, then (row, Answer)."""
         prefilled = time.perf_counter()
-        stats.prefill_seconds = prefilled - started
-        sampler = TokenSampler(
-            options.temperature, options.top_p, options.top_k, options.seed, self.device
-        )
-        deltas = TextDeltas(self.tokenizer, options.stop)
-        finish = "stop"
-        steps = decode_tokens(
+        rows, deltas = [], []
+        for row_options, position in zip(options, state.next_positions, strict=True):
+            sampler = TokenSampler(
+                row_options.temperature,
+                row_options.top_p,
+                row_options.top_k,
+                row_options.seed,
+                self.device,
+            )
+            rows.append(DecodeRow(sampler, row_options.max_new_tokens, position))
+            deltas.append(TextDeltas(self.tokenizer, row_options.stop))
+        steps = decode_rows(
             self.model,
-            cache,
-            logits,
-            next_position,
-            sampler,
+            state.cache,
+            state.logits,
+            rows,
             self._eos_ids,
-            options.max_new_tokens,
-            probe,
+            self._pad_id,
+            state.attention_mask,
+            state.probe,
         )
-        for token in steps:
-            delta = deltas.push(token)
-            if delta:
-                yield delta
-            if deltas.stopped:
-                steps.close()
-                break
-        else:
-            if len(deltas.token_ids) == options.max_new_tokens:
-                finish = "length"
-        tail = deltas.flush()
-        if tail:
-            yield tail
-        stats.new_tokens = len(deltas.token_ids)
-        stats.decode_seconds = time.perf_counter() - prefilled
-        stats.peak_memory_bytes = _peak_memory(self.device)
-        yield Answer(deltas.emitted, deltas.token_ids, finish, stats)
+        for tokens in steps:
+            for index, token in enumerate(tokens):
+                if token is None:
+                    continue
+                delta = deltas[index].push(token)
+                if delta:
+                    yield index, delta
+                if deltas[index].stopped:
+                    rows[index].finish = "stop"
+        decode_seconds = time.perf_counter() - prefilled
+        for index, (row, row_deltas, row_stats) in enumerate(zip(rows, deltas, stats, strict=True)):
+            tail = row_deltas.flush()
+            if tail:
+                yield index, tail
+            row_stats.new_tokens = len(row_deltas.token_ids)
+            row_stats.prefill_seconds = prefilled - started
+            row_stats.decode_seconds = decode_seconds
+            row_stats.peak_memory_bytes = _peak_memory(self.device)
+            finish = row.finish or "stop"
+            yield index, Answer(row_deltas.emitted, row_deltas.token_ids, finish, row_stats)
+
+
+def _events_of_row(events: Iterator[tuple[int, str | Answer]], row: int) -> Iterator[str | Answer]:
+    for index, event in events:
+        if index == row:
+            yield event
 
 
 def _drain(stream: AnswerStream) -> Answer:

@@ -109,3 +109,20 @@ def test_unreadable_cache_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(InvalidInputError, match="cannot read context cache"):
         tiny_engine("llama").load_context_cache(path)
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, SETTINGS | {"calibration_layers": (0, 1)}])
+def test_several_questions_in_one_batch_equal_one_by_one(settings):
+    engine = tiny_engine("llama", **settings)
+    questions = ["Which?", "Who wrote the third part?", "Why so?"]
+    single = [engine.generate(DOCS, q, max_new_tokens=12) for q in questions]
+    widths = count_prefill_calls(engine, 40)
+    batched = engine.generate_batch(DOCS, questions, max_new_tokens=12)
+    assert [a.token_ids for a in batched] == [a.token_ids for a in single]
+    assert [a.text for a in batched] == [a.text for a in single]
+    assert len(widths) == 3
+    assert [a.stats.kv_entries_kept for a in batched] == [a.stats.kv_entries_kept for a in single]
+    with pytest.raises(InvalidInputError):
+        engine.generate_batch(DOCS, "Which?")
+    with pytest.raises(InvalidInputError):
+        engine.generate_batch(DOCS, ["Which?", ""])
