@@ -3,7 +3,7 @@
 from .answer import Answer, AnswerStats, AnswerStream, ChunkInfo
 from .config import ParallelCompConfig
 from .context_cache import ContextCache, ContextCacheMismatchError
-from .engine import ParallelCompEngine
+from .engine import GenerationOptions, ParallelCompEngine
 from .errors import (
     ContextTooLongError,
     InvalidConfigError,
@@ -21,6 +21,7 @@ __all__ = [
     "ContextCache",
     "ContextCacheMismatchError",
     "ContextTooLongError",
+    "GenerationOptions",
     "InvalidConfigError",
     "InvalidInputError",
     "ModelDownloadError",

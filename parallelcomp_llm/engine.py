@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import torch
 from tqdm.auto import tqdm
@@ -47,6 +48,17 @@ from .prefill import (
 from .prompt import PromptBuilder, PromptTemplate
 
 Context = str | Sequence[str] | ContextCache
+
+
+class GenerationOptions(TypedDict, total=False):
+    """Per-call decoding settings accepted by `generate`, `stream`, `complete` and `chat`."""
+
+    max_new_tokens: int | None
+    stop: str | Sequence[str] | None
+    temperature: float
+    top_p: float
+    top_k: int | None
+    seed: int | None
 
 
 @dataclass(frozen=True)
@@ -217,47 +229,31 @@ class ParallelCompEngine:
         context: Context,
         question: str,
         *,
-        max_new_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        seed: int | None = None,
         progress: bool = False,
+        **options: Unpack[GenerationOptions],
     ) -> Answer:
-        """Answer `question` over `context`: a text, a sequence of documents, or a `ContextCache`."""
-        stream = self.stream(
-            context,
-            question,
-            max_new_tokens=max_new_tokens,
-            stop=stop,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            progress=progress,
-        )
-        return _drain(stream)
+        """Answer `question` over `context`: a text, a sequence of documents, or a `ContextCache`.
+
+        `options`: `max_new_tokens` (default `answer_reserve_tokens`), `stop` (a string or a
+        list), `temperature` (0 = greedy), `top_p`, `top_k`, `seed`. `progress` shows a bar over
+        chunk prefill.
+        """
+        return _drain(self.stream(context, question, progress=progress, **options))
 
     def stream(
         self,
         context: Context,
         question: str,
         *,
-        max_new_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        seed: int | None = None,
         progress: bool = False,
+        **options: Unpack[GenerationOptions],
     ) -> AnswerStream:
         """Like `generate`, as an iterator of text deltas (`AnswerStream.answer` at the end).
 
         Input is checked here, before any model work; errors raise from this call.
         """
-        options = self._decode_options(max_new_tokens, stop, temperature, top_p, top_k, seed)
-        request = self._prepare(self._encoding(context), question, options, progress)
+        decode = self._decode_options(**options)
+        request = self._prepare(self._encoding(context), question, decode, progress)
         return AnswerStream(_events_of_row(self._answer_events([request]), 0))
 
     def generate_batch(
@@ -265,66 +261,44 @@ class ParallelCompEngine:
         context: Context,
         questions: Sequence[str],
         *,
-        max_new_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        seed: int | None = None,
         progress: bool = False,
+        **options: Unpack[GenerationOptions],
     ) -> list[Answer]:
         """Answer several questions over one context in one call: the context is encoded once,
         each question selects its own chunks and KV, and the final passes and decoding run as one
         batch. Answers come in the order of `questions`."""
         if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
             raise InvalidInputError("questions must be a non-empty sequence of strings")
-        options = self._decode_options(max_new_tokens, stop, temperature, top_p, top_k, seed)
+        decode = self._decode_options(**options)
         encoding = self._encoding(context)
-        requests = [self._prepare(encoding, q, options, progress) for q in questions]
+        requests = [self._prepare(encoding, q, decode, progress) for q in questions]
         answers: list[Answer | None] = [None] * len(requests)
         for index, event in self._answer_events(requests):
             if isinstance(event, Answer):
                 answers[index] = event
         return answers
 
-    def complete(self, prompt: str, **kwargs) -> Answer:
+    def complete(self, prompt: str, **options: Unpack[GenerationOptions]) -> Answer:
         """Continue `prompt` as an ordinary LLM (no context, no template; within the trained window)."""
-        return _drain(self.stream_complete(prompt, **kwargs))
+        return _drain(self.stream_complete(prompt, **options))
 
-    def stream_complete(
-        self,
-        prompt: str,
-        *,
-        max_new_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        seed: int | None = None,
-    ) -> AnswerStream:
+    def stream_complete(self, prompt: str, **options: Unpack[GenerationOptions]) -> AnswerStream:
         """`complete` as an iterator of text deltas."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidInputError("prompt must be a non-empty string")
         bos = self.tokenizer.bos_token_id
         ids = [bos] if self.prompts.template.add_bos and bos is not None else []
         ids += self.prompts.encode(prompt)
-        options = self._decode_options(max_new_tokens, stop, temperature, top_p, top_k, seed)
-        return self._prompt_stream(ids, options)
+        return self._prompt_stream(ids, self._decode_options(**options))
 
-    def chat(self, messages: Sequence[dict[str, str]], **kwargs) -> Answer:
+    def chat(
+        self, messages: Sequence[dict[str, str]], **options: Unpack[GenerationOptions]
+    ) -> Answer:
         """Answer a chat (role/content dicts) with the chat template, no separate context."""
-        return _drain(self.stream_chat(messages, **kwargs))
+        return _drain(self.stream_chat(messages, **options))
 
     def stream_chat(
-        self,
-        messages: Sequence[dict[str, str]],
-        *,
-        max_new_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        seed: int | None = None,
+        self, messages: Sequence[dict[str, str]], **options: Unpack[GenerationOptions]
     ) -> AnswerStream:
         """`chat` as an iterator of text deltas."""
         if not messages or not all(
@@ -334,19 +308,18 @@ class ParallelCompEngine:
                 "messages must be a non-empty list of {'role', 'content'} dicts"
             )
         ids = self.prompts.chat_prompt_ids(list(messages))
-        options = self._decode_options(max_new_tokens, stop, temperature, top_p, top_k, seed)
-        return self._prompt_stream(ids, options)
+        return self._prompt_stream(ids, self._decode_options(**options))
 
     # -- validation -------------------------------------------------------------------------
 
     def _decode_options(
         self,
-        max_new_tokens: int | None,
-        stop: str | Sequence[str] | None,
-        temperature: float,
-        top_p: float,
-        top_k: int | None,
-        seed: int | None,
+        max_new_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
     ) -> DecodeOptions:
         if max_new_tokens is None:
             max_new_tokens = self.config.answer_reserve_tokens
