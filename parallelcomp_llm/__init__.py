@@ -6,10 +6,13 @@ from .context_cache import ContextCache, ContextCacheMismatchError
 from .engine import GenerationOptions, ParallelCompEngine
 from .errors import (
     ContextTooLongError,
+    DeviceMemoryError,
+    EngineBusyError,
     InvalidConfigError,
     InvalidInputError,
     ModelDownloadError,
     ParallelCompError,
+    RequestTimeoutError,
     UnsupportedModelError,
 )
 
@@ -21,6 +24,8 @@ __all__ = [
     "ContextCache",
     "ContextCacheMismatchError",
     "ContextTooLongError",
+    "DeviceMemoryError",
+    "EngineBusyError",
     "GenerationOptions",
     "InvalidConfigError",
     "InvalidInputError",
@@ -28,5 +33,6 @@ __all__ = [
     "ParallelCompConfig",
     "ParallelCompEngine",
     "ParallelCompError",
+    "RequestTimeoutError",
     "UnsupportedModelError",
 ]

@@ -95,6 +95,20 @@ class ParallelCompConfig(BaseModel):
         description="Share of host RAM that encoded contexts may keep for reuse; both shares 0 "
         "switch automatic reuse off.",
     )
+    max_waiting_requests: int = Field(
+        64,
+        ge=0,
+        description="Requests that may wait while another uses the model; one more raises "
+        "EngineBusyError.",
+    )
+    request_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Longest a request may wait and run, in seconds; then RequestTimeoutError.",
+    )
+    max_new_tokens_limit: int | None = Field(
+        None, ge=1, description="Largest `max_new_tokens` a caller may ask for."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto': bfloat16 on CUDA, float32 on CPU."
     )

@@ -7,9 +7,9 @@ scores) → chunk eviction and KV eviction → merge of the kept KV → question
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,13 +21,19 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import eviction
+from .admission import Deadline, ModelGate
 from .answer import Answer, AnswerStats, AnswerStream, ChunkInfo
 from .attention import AttentionProbe
 from .chunking import Chunk, split_into_chunks
 from .config import ParallelCompConfig
 from .context_cache import CacheStore, ContextCache, ContextCacheMismatchError, digest
 from .decoding import DecodeRow, TextDeltas, TokenSampler, decode_rows
-from .errors import ContextTooLongError, InvalidConfigError, InvalidInputError
+from .errors import (
+    ContextTooLongError,
+    DeviceMemoryError,
+    InvalidConfigError,
+    InvalidInputError,
+)
 from .final_pass import FinalRow, FinalState, run_final_pass
 from .merging import StoredChunk, merge_chunks, store_chunk
 from .models import (
@@ -71,6 +77,7 @@ class DecodeOptions:
     top_p: float
     top_k: int | None
     seed: int | None
+    deadline: Deadline
 
 
 @dataclass
@@ -165,7 +172,7 @@ class ParallelCompEngine:
         self._pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
-        self._lock = threading.Lock()
+        self._gate = ModelGate(config.max_waiting_requests)
 
     @classmethod
     def from_pretrained(
@@ -206,8 +213,11 @@ class ParallelCompEngine:
         encoding = self._encoding(context)
         if encoding.cache is not None:
             return encoding.cache
-        with self._lock:
-            batches = list(self._encoded_batches(encoding, AnswerStats(), progress, keep=True))
+        deadline = Deadline(self.config.request_timeout_s)
+        with self._using_model(deadline):
+            batches = list(
+                self._encoded_batches(encoding, AnswerStats(), progress, deadline, keep=True)
+            )
         return self._store.get(encoding.context_key) or ContextCache(
             self.model_key, encoding.context_key, encoding.chunks, encoding.context_tokens, batches
         )
@@ -342,7 +352,15 @@ class ParallelCompEngine:
             raise InvalidInputError(f"top_p must be in (0, 1], got {top_p!r}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise InvalidInputError(f"top_k must be a positive int or None, got {top_k!r}")
-        return DecodeOptions(max_new_tokens, stop, float(temperature), float(top_p), top_k, seed)
+        limit = self.config.max_new_tokens_limit
+        if limit is not None and max_new_tokens > limit:
+            raise InvalidInputError(
+                f"max_new_tokens={max_new_tokens} is over this engine's limit of {limit}"
+            )
+        deadline = Deadline(self.config.request_timeout_s)
+        return DecodeOptions(
+            max_new_tokens, stop, float(temperature), float(top_p), top_k, seed, deadline
+        )
 
     def _documents(self, context: Context) -> list[str]:
         if isinstance(context, str):
@@ -432,7 +450,7 @@ class ParallelCompEngine:
         """Answer several questions over one context: shared chunk encoding, per-question
         selection, one batched final pass and decoding. Yields (request index, delta or Answer)."""
         encoding = requests[0].encoding
-        with self._lock:
+        with self._using_model(requests[0].options.deadline):
             started = _start_measuring(self.device)
             stats = [
                 AnswerStats(
@@ -458,6 +476,20 @@ class ParallelCompEngine:
             del rows
             yield from self._decode(state, [r.options for r in requests], stats, started)
 
+    @contextlib.contextmanager
+    def _using_model(self, deadline: Deadline) -> Iterator[None]:
+        """Hold the model for one request; turn running out of device memory into
+        `DeviceMemoryError` after freeing what the request allocated."""
+        with self._gate.hold(deadline):
+            try:
+                yield
+            except torch.OutOfMemoryError:
+                _release_cached_memory(self.device)
+                raise DeviceMemoryError(
+                    "the device ran out of memory even with one chunk per forward pass; lower "
+                    "chunk_tokens, keep_chunks or kv_budget_per_chunk, or use a larger device"
+                ) from None
+
     def _prompt_stream(self, prompt_ids: list[int], options: DecodeOptions) -> AnswerStream:
         if len(prompt_ids) + options.max_new_tokens > self.native_window:
             raise InvalidInputError(
@@ -469,7 +501,7 @@ class ParallelCompEngine:
     def _prompt_events(
         self, prompt_ids: list[int], options: DecodeOptions
     ) -> Iterator[str | Answer]:
-        with self._lock:
+        with self._using_model(options.deadline):
             started = _start_measuring(self.device)
             stats = AnswerStats(prompt_tokens=len(prompt_ids))
             state = self._prefill_prompt(prompt_ids)
@@ -491,7 +523,8 @@ class ParallelCompEngine:
         stored: list[list[StoredChunk]] = [[] for _ in requests]
         scores: list[list[float]] = [[] for _ in requests]
         progress = any(request.progress for request in requests)
-        for batch in self._encoded_batches(encoding, stats[0], progress):
+        deadline = requests[0].options.deadline
+        for batch in self._encoded_batches(encoding, stats[0], progress, deadline):
             for number, request in enumerate(requests):
                 window = min(config.observation_window, len(request.question_ids))
                 probe = AttentionProbe(
@@ -543,10 +576,16 @@ class ParallelCompEngine:
         return selections
 
     def _encoded_batches(
-        self, encoding: _Encoding, stats: AnswerStats, progress: bool, keep: bool = False
+        self,
+        encoding: _Encoding,
+        stats: AnswerStats,
+        progress: bool,
+        deadline: Deadline,
+        keep: bool = False,
     ) -> Iterator[EncodedBatch]:
         """The context's encoded batches: from a cache when there is one, else prefilled now
-        (and kept for reuse when `keep` or when the whole context fits the cache budget)."""
+        (and kept for reuse when `keep` or when the whole context fits the cache budget).
+        A batch that runs out of device memory is retried with half as many chunks."""
         cache = encoding.cache or self._store.get(encoding.context_key)
         if cache is not None:
             stats.context_cache_hit = True
@@ -566,10 +605,20 @@ class ParallelCompEngine:
         )
         kept: list[EncodedBatch] = []
         bar = tqdm(total=len(chunks), desc="prefill", unit="chunk", disable=not progress)
-        for first in range(0, len(chunks), batch_size):
+        first = 0
+        while first < len(chunks):
+            deadline.check()
             indices = list(range(first, min(first + batch_size, len(chunks))))
             rows = [prefix + chunks[i].token_ids for i in indices]
-            batch = prefill_rows(self.model, rows, self._pad_id, indices)
+            try:
+                batch = prefill_rows(self.model, rows, self._pad_id, indices)
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size //= 2
+                _release_cached_memory(self.device)
+                continue
+            first += len(indices)
             stats.chunks_prefilled += len(indices)
             yield batch
             if keep:
@@ -634,6 +683,7 @@ class ParallelCompEngine:
             state.probe,
         )
         for tokens in steps:
+            options[0].deadline.check()
             for index, token in enumerate(tokens):
                 if token is None:
                     continue
@@ -678,6 +728,11 @@ def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _device_memory(device: torch.device) -> int:

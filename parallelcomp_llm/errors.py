@@ -25,3 +25,15 @@ class UnsupportedModelError(ParallelCompError):
 
 class ModelDownloadError(ParallelCompError):
     """The embedded default model could not be fetched, verified or converted."""
+
+
+class EngineBusyError(ParallelCompError):
+    """The engine's queue of waiting requests is full (`max_waiting_requests`)."""
+
+
+class RequestTimeoutError(ParallelCompError, TimeoutError):
+    """A request waited or ran longer than `request_timeout_s`."""
+
+
+class DeviceMemoryError(ParallelCompError, MemoryError):
+    """The device ran out of memory, even with one chunk per forward pass."""
