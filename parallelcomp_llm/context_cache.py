@@ -22,7 +22,7 @@ from .chunking import Chunk, Span
 from .errors import InvalidInputError
 from .prefill import EncodedBatch
 
-_FORMAT = "parallelcomp-context-cache/1"
+_FORMAT = "parallelcomp-context-cache/2"
 
 
 class ContextCacheMismatchError(InvalidInputError):
@@ -76,8 +76,7 @@ class ContextCache:
             "context_tokens": self.context_tokens,
             "spans": [[list(vars(span).values()) for span in chunk.spans] for chunk in self.chunks],
             "batches": [
-                {"chunk_indices": b.chunk_indices, "padding": b.padding, "lengths": b.lengths}
-                for b in self.batches
+                {"chunk_indices": b.chunk_indices, "lengths": b.lengths} for b in self.batches
             ],
         }
         save_file(tensors, str(path), metadata={"parallelcomp": json.dumps(header)})
@@ -103,7 +102,6 @@ class ContextCache:
             batches.append(
                 EncodedBatch(
                     meta["chunk_indices"],
-                    meta["padding"],
                     meta["lengths"],
                     [tensors[f"batch{b}.keys{i}"] for i in range(layers)],
                     [tensors[f"batch{b}.values{i}"] for i in range(layers)],

@@ -636,8 +636,8 @@ class ParallelCompEngine:
         if self.config.chunk_scoring == "nll":
             return eviction.question_nll(logits, request.question_ids).tolist()
         prefix = len(self.prompts.prefix_ids)
-        starts = [pad + prefix for pad in batch.padding]
-        ends = [pad + length for pad, length in zip(batch.padding, batch.lengths)]
+        starts = [prefix] * len(batch.lengths)
+        ends = batch.lengths
         return eviction.attention_mass(probe.window_scores, probe.window, starts, ends).tolist()
 
     @torch.inference_mode()

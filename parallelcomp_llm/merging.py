@@ -55,8 +55,7 @@ def store_chunk(
 ) -> StoredChunk:
     """Copy row `row` of `batch` out: its prefix (if `keep_prefix`) and its context KV, evicted
     down to `kv_budget_per_chunk` per layer and head by the pooled window scores."""
-    begin = batch.padding[row]
-    context = slice(begin + prefix, begin + prefix + length)
+    context = slice(prefix, prefix + length)
     budget = config.kv_budget_per_chunk
     stored = StoredChunk(
         length, [], [], [], [] if keep_prefix else None, [] if keep_prefix else None
@@ -76,8 +75,8 @@ def store_chunk(
             stored.values.append(layer_values[:, context].clone())
         stored.offsets.append(picked)
         if keep_prefix:
-            stored.prefix_keys.append(layer_keys[:, begin : begin + prefix].clone())
-            stored.prefix_values.append(layer_values[:, begin : begin + prefix].clone())
+            stored.prefix_keys.append(layer_keys[:, :prefix].clone())
+            stored.prefix_values.append(layer_values[:, :prefix].clone())
     return stored
 
 

@@ -7,6 +7,7 @@ strings and cut at them, so every chunk sees an ordinary in-window prompt.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -69,15 +70,20 @@ class PromptBuilder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate) -> None:
         self.tokenizer = tokenizer
         self.template = template
+        self._lock = threading.Lock()
         bos = tokenizer.bos_token_id
         self._bos = [bos] if template.add_bos and bos is not None else []
         self.prefix_ids = self._bos + self.encode(template.prefix)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without special tokens added by the tokenizer."""
+        """Token ids of `text`, without special tokens added by the tokenizer.
+
+        Calls are serialised: a fast tokenizer shared by threads can fail with "Already borrowed".
+        """
         if not text:
             return []
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._lock:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def question_ids(self, question: str) -> list[int]:
         """The question block: text after the context, the question, end of turn, answer header."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
+from parallelcomp_llm.attention import AttentionProbe
+from parallelcomp_llm.prefill import prefill_rows, question_pass
 from parallelcomp_llm.testing import (
     SMALL_RESERVES,
     text_of_tokens,
@@ -78,3 +80,17 @@ def test_batch_size_does_not_change_the_answer():
     scores = [[c.score for c in a.stats.chunks] for a in answers]
     for other in scores[1:]:
         assert torch.allclose(torch.tensor(scores[0]), torch.tensor(other), atol=1e-4)
+
+
+def test_padded_rows_match_rows_run_alone(architecture):
+    engine = tiny_engine(architecture)
+    rows = [engine.prompts.encode(text_of_tokens(n, seed=n)) for n in (120, 97, 64)]
+    question = engine.prompts.question_ids("And then?")
+    batch = prefill_rows(engine.model, rows, engine._pad_id, [0, 1, 2])
+    batch_logits = question_pass(engine.model, batch, question, AttentionProbe(window=4))
+    for index, row in enumerate(rows):
+        alone = prefill_rows(engine.model, [row], engine._pad_id, [index])
+        for keys, alone_keys in zip(batch.keys, alone.keys, strict=True):
+            assert torch.allclose(keys[index, :, : len(row)], alone_keys[0], atol=1e-5)
+        logits = question_pass(engine.model, alone, question, AttentionProbe(window=4))
+        assert torch.allclose(batch_logits[index], logits[0], atol=1e-4)
