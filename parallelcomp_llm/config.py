@@ -82,14 +82,14 @@ class ParallelCompConfig(BaseModel):
         262_144, ge=1, description="Hard limit on context tokens; longer input is refused."
     )
     context_cache_device_fraction: float = Field(
-        0.0,
+        0.1,
         ge=0.0,
         le=0.9,
         description="Share of the GPU's memory that encoded contexts may keep for reuse "
         "(ignored on CPU).",
     )
     context_cache_host_fraction: float = Field(
-        0.0,
+        0.1,
         ge=0.0,
         le=0.9,
         description="Share of host RAM that encoded contexts may keep for reuse; both shares 0 "

@@ -216,9 +216,9 @@ class ParallelCompEngine:
         deadline = Deadline(self.config.request_timeout_s)
         with self._using_model(deadline):
             batches = list(
-                self._encoded_batches(encoding, AnswerStats(), progress, deadline, keep=True)
+                self._encoded_batches(encoding, AnswerStats(), progress, deadline, explicit=True)
             )
-        return self._store.get(encoding.context_key) or ContextCache(
+        return ContextCache(
             self.model_key, encoding.context_key, encoding.chunks, encoding.context_tokens, batches
         )
 
@@ -581,11 +581,14 @@ class ParallelCompEngine:
         stats: AnswerStats,
         progress: bool,
         deadline: Deadline,
-        keep: bool = False,
+        explicit: bool = False,
     ) -> Iterator[EncodedBatch]:
-        """The context's encoded batches: from a cache when there is one, else prefilled now
-        (and kept for reuse when `keep` or when the whole context fits the cache budget).
-        A batch that runs out of device memory is retried with half as many chunks."""
+        """The context's encoded batches: from a cache when there is one, else prefilled now.
+
+        Newly encoded batches are offered to the engine's store when the context fits its budget
+        (on the device if it fits the device share, else in host memory). An `explicit` encoding
+        stays on the device for its caller and goes to the store only if it fits the device
+        share. A batch that runs out of device memory is retried with half as many chunks."""
         cache = encoding.cache or self._store.get(encoding.context_key)
         if cache is not None:
             stats.context_cache_hit = True
@@ -599,10 +602,10 @@ class ParallelCompEngine:
             self.config.question_reserve_tokens,
         )
         estimate = kv_bytes_per_token(self.model) * row_tokens * len(chunks)
-        keep = keep or estimate <= self._store.capacity
-        holder = (
-            self.device if keep and estimate <= self._store.device_budget else torch.device("cpu")
-        )
+        fits_device = estimate <= self._store.device_budget
+        store = estimate <= self._store.capacity and (fits_device or not explicit)
+        keep = store or explicit
+        holder = self.device if explicit or fits_device else torch.device("cpu")
         kept: list[EncodedBatch] = []
         bar = tqdm(total=len(chunks), desc="prefill", unit="chunk", disable=not progress)
         first = 0
@@ -625,7 +628,7 @@ class ParallelCompEngine:
                 kept.append(batch.to(holder))
             bar.update(len(indices))
         bar.close()
-        if keep:
+        if store:
             self._store.put(
                 ContextCache(
                     self.model_key, encoding.context_key, chunks, encoding.context_tokens, kept

@@ -113,7 +113,7 @@ def test_unreadable_cache_file_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("settings", [SETTINGS, SETTINGS | {"calibration_layers": (0, 1)}])
 def test_several_questions_in_one_batch_equal_one_by_one(settings):
-    engine = tiny_engine("llama", **settings)
+    engine = tiny_engine("llama", context_cache_host_fraction=0.0, **settings)
     questions = ["Which?", "Who wrote the third part?", "Why so?"]
     single = [engine.generate(DOCS, q, max_new_tokens=12) for q in questions]
     widths = count_prefill_calls(engine, 40)
