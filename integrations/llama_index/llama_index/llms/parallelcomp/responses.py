@@ -1,0 +1,74 @@
+"""Engine answers and answer streams as LlamaIndex completion and chat responses.
+
+A streamed response carries the text so far and its delta; the stream ends with one response
+whose delta is empty and whose `raw` is the engine's `Answer` (statistics, kept chunks). Async
+streams pull each delta from the engine in a worker thread, so the event loop never waits on
+the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    MessageRole,
+)
+
+from parallelcomp_llm import Answer, AnswerStream
+
+ResponseT = TypeVar("ResponseT", CompletionResponse, ChatResponse)
+Build = Callable[[str, str | None, Answer | None], ResponseT]
+
+
+def completion(
+    text: str, delta: str | None = None, answer: Answer | None = None
+) -> CompletionResponse:
+    """A completion response; `answer` is the engine's result, set on the final response."""
+    return CompletionResponse(text=text, delta=delta, raw=answer)
+
+
+def chat(text: str, delta: str | None = None, answer: Answer | None = None) -> ChatResponse:
+    """An assistant chat response; `answer` is the engine's result, set on the final response."""
+    return ChatResponse(
+        message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta, raw=answer
+    )
+
+
+def final_answer(stream: AnswerStream) -> Answer:
+    """Run `stream` to its end and return its `Answer`."""
+    for _ in stream:
+        pass
+    assert stream.answer is not None
+    return stream.answer
+
+
+def stream_responses(stream: AnswerStream, build: Build[ResponseT]) -> Iterator[ResponseT]:
+    """The responses of an engine stream, built with `build` (`completion` or `chat`)."""
+    text = ""
+    try:
+        for delta in stream:
+            text += delta
+            yield build(text, delta, None)
+        yield build(text, "", stream.answer)
+    finally:
+        stream.close()
+
+
+async def astream_responses(
+    stream: AnswerStream, build: Build[ResponseT]
+) -> AsyncIterator[ResponseT]:
+    """`stream_responses` for async callers: each delta is computed in a worker thread."""
+    text = ""
+    done = object()
+    try:
+        while (delta := await asyncio.to_thread(next, stream, done)) is not done:
+            text += delta
+            yield build(text, delta, None)
+        yield build(text, "", stream.answer)
+    finally:
+        await asyncio.to_thread(stream.close)
