@@ -88,11 +88,17 @@ def main() -> None:
         "transformers": transformers.__version__,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    for seed, depth in enumerate(args.depths):
-        key = random_key(seed)
+    for depth in args.depths:
+        key = random_key(round(depth * 1000))
         haystack = passkey_haystack(args.tokens, depth, key, count)
         for method in args.methods:
-            record = {"method": method, "tokens": count(haystack), "depth": depth, "key": key}
+            record = {
+                "method": method,
+                "tokens": count(haystack),
+                "depth": depth,
+                "key": key,
+                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             if method == "parallelcomp":
                 answer, seconds, stats = run_cli(haystack)
                 record |= {

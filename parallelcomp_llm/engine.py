@@ -533,7 +533,9 @@ class ParallelCompEngine:
                     else None
                 )
                 if rank or evict:
-                    logits = question_pass(self.model, batch, request.question_ids, probe)
+                    logits = question_pass(
+                        self.model, batch, request.question_ids, probe, self._pad_id
+                    )
                     if rank:
                         scores[number].extend(self._chunk_scores(batch, logits, probe, request))
                     del logits

@@ -21,6 +21,7 @@ _CPU_MEMORY_SHARE = 0.5
 _GPU_MEMORY_SHARE = 0.7
 _MAX_AUTO_BATCH = 32
 _TOKENS_PER_PASS = 32_768
+QUESTION_BUCKET = 32
 
 
 @dataclass
@@ -87,21 +88,28 @@ def prefill_rows(
 
 @torch.inference_mode()
 def question_pass(
-    model: PreTrainedModel, batch: EncodedBatch, question_ids: list[int], probe: AttentionProbe
+    model: PreTrainedModel,
+    batch: EncodedBatch,
+    question_ids: list[int],
+    probe: AttentionProbe,
+    pad_id: int,
 ) -> torch.Tensor:
     """Run the question block after every row of `batch`; return its logits (rows, q, vocab).
 
-    Each row's question starts at the position right after that row's own tokens. The batch's
+    Each row's question starts at the position right after that row's own tokens. The question
+    is left-padded (masked) to a multiple of `QUESTION_BUCKET` tokens, so that questions of
+    different lengths reuse the same kernel shapes; the padding changes no score. The batch's
     stored KV is left as it was.
     """
     device = batch.keys[0].device
     rows, q_len = len(batch.lengths), len(question_ids)
-    input_ids = torch.tensor([question_ids], dtype=torch.long, device=device).expand(rows, q_len)
-    attention_mask = torch.cat(
-        [batch.attention_mask, torch.ones((rows, q_len), dtype=torch.long, device=device)], dim=1
-    )
-    starts = torch.tensor(batch.lengths, device=device)[:, None]
-    position_ids = starts + torch.arange(q_len, device=device)[None, :]
+    missing = -q_len % QUESTION_BUCKET
+    tokens = [pad_id] * missing + question_ids
+    input_ids = torch.tensor([tokens], dtype=torch.long, device=device).expand(rows, -1)
+    question_mask = torch.tensor([[0] * missing + [1] * q_len], device=device).expand(rows, -1)
+    attention_mask = torch.cat([batch.attention_mask, question_mask], dim=1)
+    offsets = torch.tensor([0] * missing + list(range(q_len)), device=device)
+    position_ids = torch.tensor(batch.lengths, device=device)[:, None] + offsets[None, :]
     with active_probe(probe):
         output = model(
             input_ids=input_ids,
@@ -109,6 +117,7 @@ def question_pass(
             position_ids=position_ids,
             past_key_values=cache_from_tensors(batch.keys, batch.values),
             use_cache=True,
+            logits_to_keep=q_len,
         )
     return output.logits
 

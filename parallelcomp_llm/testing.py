@@ -1,10 +1,14 @@
-"""Tiny random-initialised models and a byte-level tokenizer, built in code, for tests and examples.
+"""Test helpers: tiny random-initialised models and a byte-level tokenizer built in code, and the
+runnable snippets of the READMEs.
 
 No download: the tokenizer maps every byte to a token (plus special tokens) and carries a
 ChatML-style chat template, and the models are 2-layer Llama, Qwen2 or Mistral networks.
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -99,3 +103,15 @@ def text_of_tokens(count: int, seed: int = 0) -> str:
     """Printable ASCII text of exactly `count` tokens of the tiny byte-level tokenizer."""
     letters = "abcdefghijklmnopqrstuvwxyz ,."
     return "".join(letters[(i * 7 + seed * 13 + i // 5) % len(letters)] for i in range(count))
+
+
+def readme_snippet(readme: Path, name: str) -> str:
+    """The python block that follows `<!-- snippet: NAME -->` in a Markdown file."""
+    found = re.search(
+        rf"<!-- snippet: {re.escape(name)} -->\s*```python\n(.*?)```",
+        readme.read_text(encoding="utf-8"),
+        re.DOTALL,
+    )
+    if found is None:
+        raise LookupError(f"snippet {name!r} missing from {readme}")
+    return found.group(1)

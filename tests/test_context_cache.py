@@ -47,7 +47,7 @@ def test_answers_with_a_cache_equal_answers_without():
 def test_engine_reuses_recent_contexts_without_prefill():
     engine = tiny_engine("llama", context_cache_host_fraction=0.05, **SETTINGS)
     question = "Where?"
-    widths = count_prefill_calls(engine, 30)
+    widths = count_prefill_calls(engine, 100)
     first = engine.generate(DOCS, question, max_new_tokens=8)
     assert (first.stats.context_cache_hit, first.stats.chunks_prefilled) == (False, 5)
     assert len(widths) == 3
@@ -116,7 +116,7 @@ def test_several_questions_in_one_batch_equal_one_by_one(settings):
     engine = tiny_engine("llama", context_cache_host_fraction=0.0, **settings)
     questions = ["Which?", "Who wrote the third part?", "Why so?"]
     single = [engine.generate(DOCS, q, max_new_tokens=12) for q in questions]
-    widths = count_prefill_calls(engine, 40)
+    widths = count_prefill_calls(engine, 100)
     batched = engine.generate_batch(DOCS, questions, max_new_tokens=12)
     assert [a.token_ids for a in batched] == [a.token_ids for a in single]
     assert [a.text for a in batched] == [a.text for a in single]

@@ -87,10 +87,14 @@ def test_padded_rows_match_rows_run_alone(architecture):
     rows = [engine.prompts.encode(text_of_tokens(n, seed=n)) for n in (120, 97, 64)]
     question = engine.prompts.question_ids("And then?")
     batch = prefill_rows(engine.model, rows, engine._pad_id, [0, 1, 2])
-    batch_logits = question_pass(engine.model, batch, question, AttentionProbe(window=4))
+    batch_logits = question_pass(
+        engine.model, batch, question, AttentionProbe(window=4), engine._pad_id
+    )
     for index, row in enumerate(rows):
         alone = prefill_rows(engine.model, [row], engine._pad_id, [index])
         for keys, alone_keys in zip(batch.keys, alone.keys, strict=True):
             assert torch.allclose(keys[index, :, : len(row)], alone_keys[0], atol=1e-5)
-        logits = question_pass(engine.model, alone, question, AttentionProbe(window=4))
+        logits = question_pass(
+            engine.model, alone, question, AttentionProbe(window=4), engine._pad_id
+        )
         assert torch.allclose(batch_logits[index], logits[0], atol=1e-4)
