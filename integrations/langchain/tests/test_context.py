@@ -130,3 +130,21 @@ def test_questions_over_one_bound_context_run_as_one_engine_batch(documents):
     )
     assert llm.batch(questions) == [a.text for a in expected]
     assert len(prefills) == 1
+
+
+def test_the_same_documents_are_encoded_once_across_chain_calls(documents):
+    engine = tiny_engine("llama", keep_chunks=2)
+    prefills: list[int] = []
+    engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: (
+            prefills.append(1) if kwargs["input_ids"].shape[1] > 100 else None
+        ),
+        with_kwargs=True,
+    )
+    chain = create_long_context_chain(ParallelCompLLM(engine=engine, max_tokens=8))
+    first = chain.invoke({"documents": documents, "question": QUESTION})
+    encoded = len(prefills)
+    second = chain.invoke({"documents": list(documents), "question": "Anything else?"})
+    assert encoded >= 1 and len(prefills) == encoded
+    assert first == engine.generate(documents, QUESTION, max_new_tokens=8).text
+    assert second == engine.generate(documents, "Anything else?", max_new_tokens=8).text

@@ -19,7 +19,7 @@ from llama_index.core.schema import Document, MetadataMode, TextNode
 from llama_index.llms.parallelcomp import LongContextQueryEngine, ParallelCompLLM
 
 from parallelcomp_llm import ContextTooLongError, InvalidInputError
-from parallelcomp_llm.testing import text_of_tokens
+from parallelcomp_llm.testing import text_of_tokens, tiny_engine
 
 QUESTION = "Which part matters?"
 
@@ -175,3 +175,20 @@ def test_bad_queries_raise_the_engines_errors(llm, texts, question, error, strea
         query_engine.query(question)
     with pytest.raises(error):
         asyncio.run(query_engine.aquery(question))
+
+
+def test_the_same_index_is_encoded_once_across_queries(nodes):
+    engine = tiny_engine("llama", keep_chunks=2)
+    prefills: list[int] = []
+    engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: (
+            prefills.append(1) if kwargs["input_ids"].shape[1] > 100 else None
+        ),
+        with_kwargs=True,
+    )
+    query_engine = LongContextQueryEngine(llm=ParallelCompLLM(engine=engine), nodes=nodes)
+    first = query_engine.query("Which node?")
+    encoded = len(prefills)
+    second = query_engine.query("Anything else?")
+    assert encoded >= 1 and len(prefills) == encoded
+    assert first.source_nodes and second.source_nodes
