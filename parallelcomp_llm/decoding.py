@@ -15,7 +15,8 @@ from transformers import (
 )
 from transformers.cache_utils import Cache
 
-from .attention import AttentionProbe, active_probe
+from .attention import AttentionProbe
+from .kvcache import run_on_cache
 
 
 class TokenSampler:
@@ -110,15 +111,14 @@ def decode_rows(
             attention_mask = torch.cat(
                 [attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1
             )
-        with active_probe(probe):
-            output = model(
-                input_ids=torch.tensor(input_ids, device=device),
-                position_ids=torch.tensor(positions, device=device),
-                attention_mask=attention_mask,
-                past_key_values=cache,
-                use_cache=True,
-            )
-        logits = output.logits[:, -1]
+        logits = run_on_cache(
+            model,
+            torch.tensor(input_ids, device=device),
+            torch.tensor(positions, device=device),
+            cache,
+            attention_mask,
+            probe,
+        )[:, -1]
 
 
 class TextDeltas:

@@ -35,6 +35,7 @@ from .errors import (
     InvalidInputError,
 )
 from .final_pass import FinalRow, FinalState, run_final_pass
+from .kvcache import run_on_cache
 from .merging import StoredChunk, merge_chunks, store_chunk
 from .models import (
     check_supported,
@@ -649,13 +650,10 @@ class ParallelCompEngine:
     def _prefill_prompt(self, token_ids: list[int]) -> FinalState:
         """Run a plain prompt from position 0 with a fresh cache."""
         cache = DynamicCache()
-        output = self.model(
-            input_ids=torch.tensor([token_ids], dtype=torch.long, device=self.device),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return FinalState(cache, None, output.logits[:, -1], [len(token_ids)], None)
+        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(len(token_ids), device=self.device)[None]
+        logits = run_on_cache(self.model, input_ids, positions, cache, logits_to_keep=1)
+        return FinalState(cache, None, logits[:, -1], [len(token_ids)], None)
 
     def _decode(
         self,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from .attention import AttentionProbe, CalibrationRule, active_probe
-from .kvcache import cache_from_tensors
+from .attention import AttentionProbe, CalibrationRule
+from .kvcache import cache_from_tensors, run_on_cache
 from .merging import MergedKV
 
 
@@ -87,14 +87,14 @@ def run_final_pass(
         )
     attention_mask = torch.tensor(masks, device=device) if len(rows) > 1 else None
     cache = cache_from_tensors(keys, values)
-    with active_probe(probe):
-        output = model(
-            input_ids=torch.tensor(input_ids, device=device),
-            position_ids=torch.tensor(positions, device=device),
-            attention_mask=attention_mask,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+    logits = run_on_cache(
+        model,
+        torch.tensor(input_ids, device=device),
+        torch.tensor(positions, device=device),
+        cache,
+        attention_mask,
+        probe,
+        logits_to_keep=1,
+    )
     next_positions = [row.start + len(row.question_ids) for row in rows]
-    return FinalState(cache, attention_mask, output.logits[:, -1], next_positions, probe)
+    return FinalState(cache, attention_mask, logits[:, -1], next_positions, probe)

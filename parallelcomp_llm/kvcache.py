@@ -1,9 +1,13 @@
-"""Wrapping stored key/value tensors in a transformers `DynamicCache` without copying them."""
+"""Running the model over a KV cache: wrapping stored tensors in a `DynamicCache` without copying
+them, and one forward pass over a cache under an attention probe."""
 
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import Cache
+
+from .attention import AttentionProbe, active_probe
 
 
 def cache_from_tensors(keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:
@@ -23,3 +27,26 @@ def cache_from_tensors(keys: list[torch.Tensor], values: list[torch.Tensor]) -> 
 def tensors_of(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The per-layer key and value tensors a cache holds."""
     return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+
+
+def run_on_cache(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Cache,
+    attention_mask: torch.Tensor | None = None,
+    probe: AttentionProbe | None = None,
+    logits_to_keep: int = 0,
+) -> torch.Tensor:
+    """Feed `input_ids` at `position_ids` after what `cache` holds (the cache grows); return the
+    logits (all positions, or the last `logits_to_keep`)."""
+    with active_probe(probe):
+        output = model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+    return output.logits

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .attention import AttentionProbe, active_probe
-from .kvcache import cache_from_tensors, tensors_of
+from .attention import AttentionProbe
+from .kvcache import cache_from_tensors, run_on_cache, tensors_of
 
 _CPU_MEMORY_SHARE = 0.5
 _GPU_MEMORY_SHARE = 0.7
@@ -75,13 +75,7 @@ def prefill_rows(
     )
     position_ids = torch.arange(width, device=device)[None, :].expand(len(rows), -1)
     cache = DynamicCache()
-    model(
-        input_ids=input_ids,
-        position_ids=position_ids,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    run_on_cache(model, input_ids, position_ids, cache, logits_to_keep=1)
     keys, values = tensors_of(cache)
     return EncodedBatch(chunk_indices, [len(row) for row in rows], keys, values)
 
@@ -110,16 +104,10 @@ def question_pass(
     attention_mask = torch.cat([batch.attention_mask, question_mask], dim=1)
     offsets = torch.tensor([0] * missing + list(range(q_len)), device=device)
     position_ids = torch.tensor(batch.lengths, device=device)[:, None] + offsets[None, :]
-    with active_probe(probe):
-        output = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache_from_tensors(batch.keys, batch.values),
-            use_cache=True,
-            logits_to_keep=q_len,
-        )
-    return output.logits
+    cache = cache_from_tensors(batch.keys, batch.values)
+    return run_on_cache(
+        model, input_ids, position_ids, cache, attention_mask, probe, logits_to_keep=q_len
+    )
 
 
 def kv_bytes_per_token(model: PreTrainedModel) -> int:

@@ -115,3 +115,17 @@ def readme_snippet(readme: Path, name: str) -> str:
     if found is None:
         raise LookupError(f"snippet {name!r} missing from {readme}")
     return found.group(1)
+
+
+def count_prefills(model: torch.nn.Module, min_width: int = 100) -> list[int]:
+    """Record the width of every forward pass wider than `min_width` tokens (chunk prefills, not
+    question passes or decoding steps) in the returned list, which grows as the model runs."""
+    widths: list[int] = []
+
+    def record(module, args, kwargs):
+        width = kwargs["input_ids"].shape[1]
+        if width > min_width:
+            widths.append(width)
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    return widths

@@ -7,23 +7,10 @@ import torch
 
 from parallelcomp_llm import InvalidInputError
 from parallelcomp_llm.context_cache import CacheStore, ContextCacheMismatchError
-from parallelcomp_llm.testing import text_of_tokens, tiny_engine
+from parallelcomp_llm.testing import count_prefills, text_of_tokens, tiny_engine
 
 DOCS = [text_of_tokens(300, seed=i) for i in range(5)]
 SETTINGS = dict(keep_chunks=2, kv_budget_per_chunk=48, chunk_batch_size=2)
-
-
-def count_prefill_calls(engine, question_tokens: int) -> list[int]:
-    """Widths of forward passes longer than a question: chunk prefills."""
-    widths: list[int] = []
-
-    def record(module, args, kwargs):
-        width = kwargs["input_ids"].shape[1]
-        if width > question_tokens:
-            widths.append(width)
-
-    engine.model.register_forward_pre_hook(record, with_kwargs=True)
-    return widths
 
 
 def test_answers_with_a_cache_equal_answers_without():
@@ -47,7 +34,7 @@ def test_answers_with_a_cache_equal_answers_without():
 def test_engine_reuses_recent_contexts_without_prefill():
     engine = tiny_engine("llama", context_cache_host_fraction=0.05, **SETTINGS)
     question = "Where?"
-    widths = count_prefill_calls(engine, 100)
+    widths = count_prefills(engine.model)
     first = engine.generate(DOCS, question, max_new_tokens=8)
     assert (first.stats.context_cache_hit, first.stats.chunks_prefilled) == (False, 5)
     assert len(widths) == 3
@@ -116,7 +103,7 @@ def test_several_questions_in_one_batch_equal_one_by_one(settings):
     engine = tiny_engine("llama", context_cache_host_fraction=0.0, **settings)
     questions = ["Which?", "Who wrote the third part?", "Why so?"]
     single = [engine.generate(DOCS, q, max_new_tokens=12) for q in questions]
-    widths = count_prefill_calls(engine, 100)
+    widths = count_prefills(engine.model)
     batched = engine.generate_batch(DOCS, questions, max_new_tokens=12)
     assert [a.token_ids for a in batched] == [a.token_ids for a in single]
     assert [a.text for a in batched] == [a.text for a in single]

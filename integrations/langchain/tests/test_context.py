@@ -7,7 +7,7 @@ from langchain_core.documents import Document
 from langchain_parallelcomp import ChatParallelComp, ParallelCompLLM, create_long_context_chain
 
 from parallelcomp_llm import ContextTooLongError, InvalidInputError
-from parallelcomp_llm.testing import text_of_tokens, tiny_engine
+from parallelcomp_llm.testing import count_prefills, text_of_tokens, tiny_engine
 
 QUESTION = "Which document mentions the key?"
 
@@ -119,28 +119,14 @@ def test_questions_over_one_bound_context_run_as_one_engine_batch(documents):
     questions = [QUESTION, "Who wrote the second one?"]
     expected = [engine.generate(documents, q, max_new_tokens=16) for q in questions]
     llm = ParallelCompLLM(engine=engine, max_tokens=16).bind(context=documents)
-    prefills: list[int] = []
-    engine.model.register_forward_pre_hook(
-        lambda module, args, kwargs: (
-            prefills.append(kwargs["input_ids"].shape[1])
-            if kwargs["input_ids"].shape[1] > 100
-            else None
-        ),
-        with_kwargs=True,
-    )
+    prefills = count_prefills(engine.model)
     assert llm.batch(questions) == [a.text for a in expected]
     assert len(prefills) == 1
 
 
 def test_the_same_documents_are_encoded_once_across_chain_calls(documents):
     engine = tiny_engine("llama", keep_chunks=2)
-    prefills: list[int] = []
-    engine.model.register_forward_pre_hook(
-        lambda module, args, kwargs: (
-            prefills.append(1) if kwargs["input_ids"].shape[1] > 100 else None
-        ),
-        with_kwargs=True,
-    )
+    prefills = count_prefills(engine.model)
     chain = create_long_context_chain(ParallelCompLLM(engine=engine, max_tokens=8))
     first = chain.invoke({"documents": documents, "question": QUESTION})
     encoded = len(prefills)

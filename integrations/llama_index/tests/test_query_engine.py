@@ -19,7 +19,7 @@ from llama_index.core.schema import Document, MetadataMode, TextNode
 from llama_index.llms.parallelcomp import LongContextQueryEngine, ParallelCompLLM
 
 from parallelcomp_llm import ContextTooLongError, InvalidInputError
-from parallelcomp_llm.testing import text_of_tokens, tiny_engine
+from parallelcomp_llm.testing import count_prefills, text_of_tokens, tiny_engine
 
 QUESTION = "Which part matters?"
 
@@ -179,13 +179,7 @@ def test_bad_queries_raise_the_engines_errors(llm, texts, question, error, strea
 
 def test_the_same_index_is_encoded_once_across_queries(nodes):
     engine = tiny_engine("llama", keep_chunks=2)
-    prefills: list[int] = []
-    engine.model.register_forward_pre_hook(
-        lambda module, args, kwargs: (
-            prefills.append(1) if kwargs["input_ids"].shape[1] > 100 else None
-        ),
-        with_kwargs=True,
-    )
+    prefills = count_prefills(engine.model)
     query_engine = LongContextQueryEngine(llm=ParallelCompLLM(engine=engine), nodes=nodes)
     first = query_engine.query("Which node?")
     encoded = len(prefills)
