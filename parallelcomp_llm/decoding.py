@@ -44,10 +44,11 @@ class TokenSampler:
         else:
             self.generator.seed()
 
-    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> int:
-        """Next token from `logits` (vocab,) given the tokens so far `input_ids` (1, n)."""
+    def __call__(self, produced: list[int], logits: torch.Tensor) -> int:
+        """Next token from `logits` (vocab,) given the tokens produced so far."""
         if self.greedy:
             return int(logits.argmax())
+        input_ids = torch.tensor([produced], dtype=torch.long, device=logits.device)
         scores = self.warpers(input_ids, logits.float()[None])
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
@@ -92,8 +93,7 @@ def decode_rows(
         for index, row in enumerate(rows):
             token = None
             if row.finish is None:
-                history = torch.tensor([row.produced], dtype=torch.long, device=device)
-                token = row.sampler(history, logits[index])
+                token = row.sampler(row.produced, logits[index])
                 if token in eos_ids:
                     row.finish, token = "stop", None
                 else:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from .errors import InvalidConfigError
+
 _CONTEXT_MARK = "\x00PARALLELCOMP_CONTEXT\x00"
 _QUESTION_MARK = "\x00PARALLELCOMP_QUESTION\x00"
 _PLAIN_QUESTION_FRAME = ("\n\nQuestion: ", "\nAnswer:")
@@ -35,8 +37,6 @@ class PromptTemplate:
             use_chat_template = has_template
         if use_chat_template:
             if not has_template:
-                from .errors import InvalidConfigError
-
                 raise InvalidConfigError(
                     "use_chat_template=True but the tokenizer has no chat template"
                 )

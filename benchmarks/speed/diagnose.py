@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -103,10 +102,8 @@ def main() -> None:
         args.model, args.rows, args.row_tokens = "tiny", 3, 300
         args.first_call_length, args.profile_length, args.profile_new_tokens = "1K", "1K", 4
     begun = time.perf_counter()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / f"diagnose_{args.model}_{stamp}.json"
+    out_path = bench.result_path(args.out, f"diagnose_{args.model}")
+    stamp = out_path.stem.rsplit("_", 1)[1]
     record: dict = {
         "command": "PYTHONPATH=. python " + " ".join(sys.argv),
         "started_utc": stamp,
@@ -177,7 +174,7 @@ def main() -> None:
             text_of_tokens(bench.parse_length(args.profile_length), seed=7),
             args.profile_new_tokens,
             device,
-            out_dir,
+            out_path.parent,
             out_path.stem,
         )
         for row in record["profile"]["top"][:15]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from run import NO_REUSE, build_model, free_memory
+from run import NO_REUSE, build_model, free_memory, result_path
 
 from parallelcomp_llm import DeviceMemoryError, ParallelCompConfig, ParallelCompEngine
 from parallelcomp_llm.testing import text_of_tokens, tiny_tokenizer
@@ -87,9 +87,7 @@ def main() -> None:
     after = engine.generate(context, question, max_new_tokens=16)
     record["after_errors_same_answer"] = after.token_ids == repeat.token_ids
     print(json.dumps(record, indent=2))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    (args.out / f"oom_{args.model}_{stamp}.json").write_text(json.dumps(record, indent=2) + "\n")
+    result_path(args.out, f"oom_{args.model}").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

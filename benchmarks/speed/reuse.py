@@ -26,6 +26,7 @@ from run import (
     parse_length,
     peak_bytes,
     reset_peak,
+    result_path,
     sync,
 )
 
@@ -112,9 +113,7 @@ def main() -> None:
         "peak_gib": (peak_bytes(device) or 0) / (1 << 30),
     }
     print(json.dumps(record, indent=2))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    (args.out / f"reuse_{name}_{stamp}.json").write_text(json.dumps(record, indent=2) + "\n")
+    result_path(args.out, f"reuse_{name}").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

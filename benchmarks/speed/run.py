@@ -113,6 +113,14 @@ def parse_length(text: str) -> int:
     return int(text)
 
 
+def result_path(out: str | Path, name: str) -> Path:
+    """`out/NAME_<UTC time stamp>.json`, creating `out`."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}_{stamp}.json"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -611,10 +619,8 @@ def main() -> None:
     except ImportError:
         pass
 
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / f"speed_{args.model}{('_' + args.tag) if args.tag else ''}_{stamp}.json"
+    out_path = result_path(args.out, f"speed_{args.model}{('_' + args.tag) if args.tag else ''}")
+    stamp = out_path.stem.rsplit("_", 1)[1]
 
     print(f"[{time.perf_counter() - begun:6.1f}s] measuring ceilings", flush=True)
     ceilings = measure_ceilings(device, dtype)
@@ -796,7 +802,7 @@ def main() -> None:
             text_of_tokens(max(lengths), seed=99),
             args.profile_new_tokens,
             device,
-            out_dir,
+            out_path.parent,
             out_path.stem,
         )
         save()
