@@ -169,7 +169,7 @@ class ParallelCompEngine:
             int(config.context_cache_device_fraction * _device_memory(self.device)),
             int(config.context_cache_host_fraction * _host_memory()),
         )
-        self._eos_ids = self._eos_token_ids()
+        self._eos_ids = self.eos_token_ids()
         self._pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
@@ -435,7 +435,8 @@ class ParallelCompEngine:
             self._separator_ids,
         )
 
-    def _eos_token_ids(self) -> set[int]:
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end an answer: the generation config's EOS ids and the tokenizer's."""
         ids: set[int] = set()
         generation = getattr(self.model, "generation_config", None)
         for source in (getattr(generation, "eos_token_id", None), self.tokenizer.eos_token_id):
@@ -452,7 +453,7 @@ class ParallelCompEngine:
         selection, one batched final pass and decoding. Yields (request index, delta or Answer)."""
         encoding = requests[0].encoding
         with self._using_model(requests[0].options.deadline):
-            started = _start_measuring(self.device)
+            started = start_measuring(self.device)
             stats = [
                 AnswerStats(
                     context_tokens=encoding.context_tokens, chunks_total=len(encoding.chunks)
@@ -485,7 +486,7 @@ class ParallelCompEngine:
             try:
                 yield
             except torch.OutOfMemoryError:
-                _release_cached_memory(self.device)
+                release_cached_memory(self.device)
                 raise DeviceMemoryError(
                     "the device ran out of memory even with one chunk per forward pass; lower "
                     "chunk_tokens, keep_chunks or kv_budget_per_chunk, or use a larger device"
@@ -503,7 +504,7 @@ class ParallelCompEngine:
         self, prompt_ids: list[int], options: DecodeOptions
     ) -> Iterator[str | Answer]:
         with self._using_model(options.deadline):
-            started = _start_measuring(self.device)
+            started = start_measuring(self.device)
             stats = AnswerStats(prompt_tokens=len(prompt_ids))
             state = self._prefill_prompt(prompt_ids)
             for _, event in self._decode(state, [options], [stats], started):
@@ -622,7 +623,7 @@ class ParallelCompEngine:
                 if batch_size == 1:
                     raise
                 batch_size //= 2
-                _release_cached_memory(self.device)
+                release_cached_memory(self.device)
                 continue
             first += len(indices)
             stats.chunks_prefilled += len(indices)
@@ -663,7 +664,7 @@ class ParallelCompEngine:
         started: float,
     ) -> Iterator[tuple[int, str | Answer]]:
         """Decode every row; yield (row, text delta) as text becomes final, then (row, Answer)."""
-        prefilled = time.perf_counter()
+        prefilled = device_work_done(self.device)
         rows, deltas = [], []
         for row_options, position in zip(options, state.next_positions, strict=True):
             sampler = TokenSampler(
@@ -703,7 +704,7 @@ class ParallelCompEngine:
             row_stats.new_tokens = len(row_deltas.token_ids)
             row_stats.prefill_seconds = prefilled - started
             row_stats.decode_seconds = decode_seconds
-            row_stats.peak_memory_bytes = _peak_memory(self.device)
+            row_stats.peak_memory_bytes = peak_memory(self.device)
             finish = row.finish or "stop"
             yield index, Answer(row_deltas.emitted, row_deltas.token_ids, finish, row_stats)
 
@@ -721,19 +722,30 @@ def _drain(stream: AnswerStream) -> Answer:
     return stream.answer
 
 
-def _start_measuring(device: torch.device) -> float:
+def start_measuring(device: torch.device) -> float:
+    """Start of a measured request: reset the CUDA peak-memory counter; the current time."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return time.perf_counter()
 
 
-def _peak_memory(device: torch.device) -> int:
+def device_work_done(device: torch.device) -> float:
+    """The time once the work queued on `device` has finished (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak memory in bytes: allocated on CUDA since `start_measuring`, else the process's peak
+    resident set size."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _release_cached_memory(device: torch.device) -> None:
+def release_cached_memory(device: torch.device) -> None:
+    """Return the CUDA allocator's unused cached blocks to the device."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
