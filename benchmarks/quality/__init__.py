@@ -1,0 +1,1 @@
+"""Long-context quality evaluation: RULER-compatible tasks, passkey and needle grids, baselines."""

@@ -1,0 +1,52 @@
+"""The quality harness end to end on CPU: two lengths, two items, two methods, a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.quality import run
+from benchmarks.quality.report import write_report
+from parallelcomp_llm.testing import tiny_model, tiny_tokenizer
+
+WINDOW = 2048
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", window=WINDOW).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_run_writes_results_resumes_and_reports(model_dir, tmp_path):
+    results = tmp_path / "quality_passkey.jsonl"
+    argv = ["--suite", "passkey", "--lengths", "1024", "3072", "--depths", "2"]
+    argv += ["--methods", "parallelcomp", "full", "--model", str(model_dir)]
+    argv += ["--device", "cpu", "--results", str(results)]
+
+    run.main(argv)
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(records) == 2 * 2 * 2
+    assert {(r["method"], r["length"], r["depth"]) for r in records} == {
+        (m, n, d) for m in ("parallelcomp", "full") for n in (1024, 3072) for d in (0.0, 1.0)
+    }
+    for r in records:
+        assert r["error"] is None
+        assert 0 < r["prompt_tokens"] <= r["length"]
+        assert r["score"] in (0.0, 1.0) and r["correct"] == (r["score"] == 1.0)
+        assert isinstance(r["answer"], str) and r["references"][0].isdigit()
+    long_parallelcomp = [r for r in records if r["method"] == "parallelcomp" and r["length"] == 3072]
+    assert all(r["chunks_total"] == 2 for r in long_parallelcomp)
+
+    run.main(argv)
+    assert len(results.read_text().splitlines()) == len(records)
+
+    markdown = write_report(tmp_path).read_text()
+    assert "## Passkey" in markdown
+    passkey_table = markdown.split("## Passkey")[1]
+    assert "| method | 1K | 3K |" in passkey_table
+    assert "| parallelcomp |" in passkey_table and "| full |" in passkey_table
+    assert (tmp_path / "quality_passkey.png").stat().st_size > 0
