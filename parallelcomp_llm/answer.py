@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .scheduler import RowEvents
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class AnswerStream(Iterator[str]):
     another up. `close()`, or dropping the stream, cancels the request.
     """
 
-    def __init__(self, events: Iterator[str | Answer]) -> None:
+    def __init__(self, events: RowEvents) -> None:
         self._events = events
         self.answer: Answer | None = None
 
@@ -87,6 +90,9 @@ class AnswerStream(Iterator[str]):
 
     def close(self) -> None:
         """Stop generating; return once the model no longer works for this request."""
-        close = getattr(self._events, "close", None)
-        if close is not None:
-            close()
+        self._events.close()
+
+    def cancel(self) -> None:
+        """Stop generating without waiting for the model to let the request go (at its next step
+        at the latest): for code that must not block, such as an event loop."""
+        self._events.close(wait=False)

@@ -22,7 +22,8 @@ Each request of a batch keeps its own fate:
   before each chunk batch of the prefill: rows past their deadline fail there with
   `RequestTimeoutError` and are no longer computed, while the other rows go on.
 - Cancellation: closing a row's `RowEvents` before its result, or dropping it, cancels its job;
-  the job leaves the line, or its rows stop at the next step.
+  the job leaves the line, or its rows stop at the next step. `close(wait=False)` does not wait
+  for that, for callers that must not block (an event loop).
 - Release: a request's last event (its result or its error), and a cancellation, return once the
   model no longer works for it: at once when it was waiting, at the next step when other requests
   of its batch go on, when the batch has stopped otherwise. So a caller that got its answer or
@@ -33,6 +34,7 @@ Each request of a batch keeps its own fate:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import sys
@@ -195,7 +197,8 @@ class RowEvents(Iterator[Any]):
     """One row's events as its caller reads them: progress events, then the row's result.
 
     Raises the error the row failed with, or `RequestTimeoutError` when the job's deadline passes
-    while waiting for an event. Closing it before the result, or dropping it, cancels the job.
+    while waiting for an event. Closing it before the result, or dropping it, cancels the job;
+    dropping it waits as `close()` does, except in a thread that runs an event loop.
     """
 
     def __init__(self, scheduler: Scheduler, job: Job, row: int) -> None:
@@ -226,14 +229,15 @@ class RowEvents(Iterator[Any]):
             raise item.error
         return item
 
-    def close(self) -> None:
-        """Cancel the job unless this row has ended; return once the model has let it go."""
+    def close(self, wait: bool = True) -> None:
+        """Cancel the job unless this row has ended; with `wait`, return once the model has let
+        it go."""
         if self._open:
             self._open = False
-            self._scheduler.cancel(self._job)
+            self._scheduler.cancel(self._job, wait)
 
     def __del__(self) -> None:
-        self.close()
+        self.close(wait=not _runs_event_loop())
 
 
 class Scheduler:
@@ -275,11 +279,12 @@ class Scheduler:
                 self._worker.start()
         return [RowEvents(self, job, row) for row in range(job.size)]
 
-    def cancel(self, job: Job) -> None:
-        """Cancel `job`; return once the model does no more work for it."""
+    def cancel(self, job: Job, wait: bool = True) -> None:
+        """Cancel `job`; with `wait`, return once the model does no more work for it."""
         with self._lock:  # so that the worker does not start it after this
             job.cancel()
-        self.await_release(job)
+        if wait:
+            self.await_release(job)
 
     def await_release(self, job: Job) -> None:
         """Wait until the model does no more work for `job` (not from the worker itself, nor while
@@ -319,3 +324,12 @@ class Scheduler:
         for job in batch:
             job.fail(error)
         return []
+
+
+def _runs_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop (which must never wait for the model)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

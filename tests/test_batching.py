@@ -286,3 +286,32 @@ def test_langchain_and_llama_index_callers_share_a_batch():
         assert together.result() == alone
     assert chunk_prefills(shapes) == 1 + 2
     assert decoding_rows(shapes)[:2] == [1, 4]
+
+
+def test_async_callers_cancelled_while_waiting_leave_the_line_at_once():
+    engine = tiny_engine("llama", **SETTINGS)
+    chat = ChatParallelComp(engine=engine, max_tokens=8)
+    llm = ParallelCompLLM(engine=engine, max_tokens=8)
+    shapes = forward_shapes(engine.model)
+    pause, _ = hold(engine)
+
+    async def cancel_while_waiting(call) -> None:
+        task = asyncio.ensure_future(call)
+        while engine._scheduler.waiting == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    for call in (
+        chat.ainvoke(QUESTIONS[0], context=DOCS),
+        chat.astream(QUESTIONS[1], context=DOCS).__anext__(),
+        llm.acomplete(QUESTIONS[2], context=DOCS),
+    ):
+        asyncio.run(cancel_while_waiting(call))
+        # the model is still held: only cancelling can empty the line
+        wait_for(lambda: engine._scheduler.waiting == 0)
+    pause.release()
+    assert llm.complete(QUESTIONS[3], context=DOCS).raw.stats.chunks_prefilled == 4
+    # the holder's context, then DOCS once, for the last call: the cancelled ones never ran
+    assert chunk_prefills(shapes) == 1 + 2
