@@ -488,12 +488,13 @@ class ParallelCompEngine:
                 row_stats.prompt_tokens = merged.entries + len(request.question_ids)
                 start = len(self.prompts.prefix_ids) + max(len(encoding.chunks[i]) for i in kept)
                 rows.append(FinalRow(merged, request.question_ids, start))
+            del selections
             calibration = None
             if self.config.calibration_layers is not None:
                 first, last = self.config.calibration_layers
                 calibration = (range(first, last + 1), self.config.calibration_threshold)
             state = run_final_pass(self.model, rows, self._pad_id, calibration)
-            del rows, selections
+            del rows
             options = [r.options for r in requests]
             yield from self._decode(state, options, stats, started, control)
 
@@ -733,7 +734,9 @@ class ParallelCompEngine:
         answered: set[int] = set()
 
         def answers() -> Iterator[tuple[int, str | Answer]]:
-            for index, (row, row_deltas, row_stats) in enumerate(zip(rows, deltas, stats)):
+            for index, (row, row_deltas, row_stats) in enumerate(
+                zip(rows, deltas, stats, strict=True)
+            ):
                 if row.finish is None or index in answered:
                     continue
                 answered.add(index)

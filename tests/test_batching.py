@@ -120,6 +120,26 @@ def test_requests_over_other_contexts_are_not_batched_with_them():
     assert decoding_rows(shapes) == [1, 2]
 
 
+def test_a_context_cache_and_the_same_documents_share_a_batch_and_the_cache():
+    engine = tiny_engine("llama", **SETTINGS)
+    cache = engine.encode(DOCS)
+    contexts = [DOCS, cache, DOCS]
+    alone = [
+        engine.generate(context, q, max_new_tokens=8).token_ids
+        for context, q in zip(contexts, QUESTIONS, strict=False)
+    ]
+    shapes = forward_shapes(engine.model)
+    pause, _ = hold(engine)
+    streams = [
+        engine.stream(context, q, max_new_tokens=8)
+        for context, q in zip(contexts, QUESTIONS, strict=False)
+    ]
+    pause.release()
+    assert [drain(stream) for stream in streams] == alone
+    assert [stream.answer.stats.batch_size for stream in streams] == [3, 3, 3]
+    assert chunk_prefills(shapes) == 1  # the holder's: the batch used the cache
+
+
 @pytest.mark.parametrize("max_batch_requests", [1, 3])
 def test_batches_hold_at_most_max_batch_requests_questions(max_batch_requests):
     engine = tiny_engine("llama", max_batch_requests=max_batch_requests, **SETTINGS)
