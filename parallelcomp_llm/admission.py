@@ -1,13 +1,16 @@
-"""Admission of requests to the model: one runs at a time, a bounded number wait, each has a deadline."""
+"""Admission of requests to the model: each has a deadline, a bounded number wait, and when the
+model becomes free the oldest waiting request and the compatible ones behind it form the next batch.
+
+This module decides who runs next; `scheduler` runs them.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable
+from typing import Generic, Protocol, TypeVar
 
-from .errors import EngineBusyError, RequestTimeoutError
+from .errors import EngineBusyError
 
 
 class Deadline:
@@ -20,44 +23,75 @@ class Deadline:
     def remaining(self) -> float | None:
         return None if self.end is None else max(0.0, self.end - time.monotonic())
 
-    def check(self) -> None:
-        """Raise `RequestTimeoutError` once the deadline has passed."""
-        if self.end is not None and time.monotonic() > self.end:
-            raise RequestTimeoutError(f"the request took longer than {self.seconds} s")
+    def expired(self) -> bool:
+        return self.end is not None and time.monotonic() > self.end
 
 
-class ModelGate:
-    """Lets one request use the model at a time while at most `max_waiting` others wait."""
+class Waiting(Protocol):
+    """What the waiting line needs to know of a request.
 
-    def __init__(self, max_waiting: int) -> None:
-        self.max_waiting = max_waiting
-        self._model = threading.Lock()
-        self._counter = threading.Lock()
-        self._waiting = 0
+    `key`: requests with equal keys (not None) may run in one batch; `size`: the rows the request
+    adds to a batch; `wanted()`: False once its caller has gone or its deadline has passed.
+    """
+
+    key: Hashable | None
 
     @property
-    def busy(self) -> bool:
-        return self._model.locked()
+    def size(self) -> int: ...
 
-    @contextlib.contextmanager
-    def hold(self, deadline: Deadline) -> Iterator[None]:
-        """Wait for the model (refused when too many wait, or past the deadline), then hold it."""
-        with self._counter:
-            if self._model.locked() and self._waiting >= self.max_waiting:
-                raise EngineBusyError(
-                    f"{self._waiting} requests are already waiting for the model "
-                    f"(max_waiting_requests={self.max_waiting}); try again later"
-                )
-            self._waiting += 1
-        try:
-            timeout = deadline.remaining()
-            acquired = self._model.acquire(timeout=-1 if timeout is None else timeout)
-        finally:
-            with self._counter:
-                self._waiting -= 1
-        if not acquired:
-            raise RequestTimeoutError(f"waited longer than {deadline.seconds} s for the model")
-        try:
-            yield
-        finally:
-            self._model.release()
+    def wanted(self) -> bool: ...
+
+
+RequestT = TypeVar("RequestT", bound=Waiting)
+
+
+class WaitingLine(Generic[RequestT]):
+    """Requests waiting for the model, oldest first; at most `max_waiting` of them.
+
+    The next batch is the oldest request still wanted and, behind it, every waiting request with
+    the same key, as long as the batch has at most `max_batch_rows` rows (the oldest request is
+    taken whole, whatever its size). Requests that are no longer wanted are dropped.
+    """
+
+    def __init__(self, max_waiting: int, max_batch_rows: int) -> None:
+        self.max_waiting = max_waiting
+        self.max_batch_rows = max_batch_rows
+        self._requests: list[RequestT] = []
+
+    def count(self) -> int:
+        """Requests waiting and still wanted."""
+        self._drop_unwanted()
+        return len(self._requests)
+
+    def add(self, request: RequestT) -> None:
+        """Queue `request`; `EngineBusyError` when `max_waiting` requests already wait."""
+        waiting = self.count()
+        if waiting >= self.max_waiting:
+            raise EngineBusyError(
+                f"{waiting} requests are already waiting for the model "
+                f"(max_waiting_requests={self.max_waiting}); try again later"
+            )
+        self._requests.append(request)
+
+    def put_back(self, requests: list[RequestT]) -> None:
+        """Return `requests` to the front of the line, in their order."""
+        self._requests[:0] = requests
+
+    def next_batch(self) -> list[RequestT]:
+        """Take the next batch out of the line (empty when nothing waits)."""
+        self._drop_unwanted()
+        if not self._requests:
+            return []
+        first, *behind = self._requests
+        batch, rows = [first], first.size
+        if first.key is not None:
+            for request in behind:
+                if request.key == first.key and rows + request.size <= self.max_batch_rows:
+                    batch.append(request)
+                    rows += request.size
+        taken = {id(request) for request in batch}
+        self._requests = [request for request in self._requests if id(request) not in taken]
+        return batch
+
+    def _drop_unwanted(self) -> None:
+        self._requests = [request for request in self._requests if request.wanted()]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .scheduler import RowEvents
 
 
 @dataclass(frozen=True)
@@ -25,8 +28,11 @@ class AnswerStats:
     (higher is more relevant) or None when chunks were not scored (all kept). `kv_entries_kept`
     counts the merged KV entries per layer and KV head the answer was decoded over.
     `context_cache_hit` is True when the context's encoded chunks were reused (then
-    `chunks_prefilled` is 0). `peak_memory_bytes`: on CUDA the peak allocated during the request, on CPU the peak resident
-    set size of the process so far.
+    `chunks_prefilled` is 0). `batch_size` counts the questions answered in one batch with this
+    one, itself included (the questions of one `generate_batch`, and other callers' questions over
+    the same context); they share the chunk prefill, which the first of them counts in
+    `chunks_prefilled`. `peak_memory_bytes`: on CUDA the peak allocated during the request's
+    batch, on CPU the peak resident set size of the process so far.
     """
 
     context_tokens: int = 0
@@ -34,6 +40,7 @@ class AnswerStats:
     context_cache_hit: bool = False
     chunks_prefilled: int = 0
     chunks_total: int = 0
+    batch_size: int = 1
     chunks_kept: int = 0
     kv_entries_kept: int = 0
     new_tokens: int = 0
@@ -60,9 +67,13 @@ class Answer:
 
 
 class AnswerStream(Iterator[str]):
-    """Iterator of text deltas; `answer` holds the full `Answer` once the stream is exhausted."""
+    """Iterator of text deltas; `answer` holds the full `Answer` once the stream is exhausted.
 
-    def __init__(self, events: Iterator[str | Answer]) -> None:
+    Each stream has its own queue of events, so streams read at different paces do not hold one
+    another up. `close()`, or dropping the stream, cancels the request.
+    """
+
+    def __init__(self, events: RowEvents) -> None:
         self._events = events
         self.answer: Answer | None = None
 
@@ -78,7 +89,10 @@ class AnswerStream(Iterator[str]):
         raise StopIteration
 
     def close(self) -> None:
-        """Stop generating and release the request's memory."""
-        close = getattr(self._events, "close", None)
-        if close is not None:
-            close()
+        """Stop generating; return once the model no longer works for this request."""
+        self._events.close()
+
+    def cancel(self) -> None:
+        """Stop generating without waiting for the model to let the request go (at its next step
+        at the latest): for code that must not block, such as an event loop."""
+        self._events.close(wait=False)

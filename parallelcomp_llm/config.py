@@ -101,6 +101,15 @@ class ParallelCompConfig(BaseModel):
         description="Requests that may wait while another uses the model; one more raises "
         "EngineBusyError.",
     )
+    max_batch_requests: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Most questions answered together in one batch: when the model becomes free, "
+        "the oldest waiting request runs with the requests waiting behind it over the same "
+        "context (same documents or ContextCache), up to this many questions (each question of "
+        "a generate_batch counts; a generate_batch is never split). 1 runs every call alone.",
+    )
     request_timeout_s: float | None = Field(
         None,
         gt=0,

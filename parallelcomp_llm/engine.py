@@ -2,7 +2,8 @@
 
 One request runs: chunking → batched chunk prefill → question pass per chunk (relevance and KV
 scores) → chunk eviction and KV eviction → merge of the kept KV → question pass over the merged KV
-(with attention-bias calibration) → decoding. The engine serialises requests on its model.
+(with attention-bias calibration) → decoding. Requests run on the model through the engine's
+`Scheduler`, one batch at a time; requests over the same context that wait together share a batch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import os
 import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import eviction
-from .admission import Deadline, ModelGate
+from .admission import Deadline
 from .answer import Answer, AnswerStats, AnswerStream, ChunkInfo
 from .attention import AttentionProbe
 from .chunking import Chunk, split_into_chunks
@@ -53,6 +54,7 @@ from .prefill import (
     question_pass,
 )
 from .prompt import PromptBuilder, PromptTemplate
+from .scheduler import BatchControl, Job, Scheduler
 
 Context = str | Sequence[str] | ContextCache
 
@@ -173,7 +175,7 @@ class ParallelCompEngine:
         self._pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
-        self._gate = ModelGate(config.max_waiting_requests)
+        self._scheduler = Scheduler(config.max_waiting_requests, config.max_batch_requests)
 
     @classmethod
     def from_pretrained(
@@ -214,14 +216,15 @@ class ParallelCompEngine:
         encoding = self._encoding(context)
         if encoding.cache is not None:
             return encoding.cache
-        deadline = Deadline(self.config.request_timeout_s)
-        with self._using_model(deadline):
-            batches = list(
-                self._encoded_batches(encoding, AnswerStats(), progress, deadline, explicit=True)
-            )
-        return ContextCache(
-            self.model_key, encoding.context_key, encoding.chunks, encoding.context_tokens, batches
+        job = Job(
+            [encoding],
+            lambda encodings, control: self._encode_events(encodings[0], progress, control),
+            key=None,
+            deadline=Deadline(self.config.request_timeout_s),
+            result_type=ContextCache,
         )
+        [events] = self._scheduler.submit(job)
+        return next(events)
 
     def load_context_cache(self, path: str | Path) -> ContextCache:
         """Read a cache saved with `ContextCache.save`; refuse one made for another model or
@@ -261,11 +264,13 @@ class ParallelCompEngine:
     ) -> AnswerStream:
         """Like `generate`, as an iterator of text deltas (`AnswerStream.answer` at the end).
 
-        Input is checked here, before any model work; errors raise from this call.
+        Input is checked here, before any model work; errors raise from this call, and so does
+        `EngineBusyError`. The request is queued by this call and runs whether or not the stream
+        is read; closing the stream, or dropping it, cancels it.
         """
         decode = self._decode_options(**options)
         request = self._prepare(self._encoding(context), question, decode, progress)
-        return AnswerStream(_events_of_row(self._answer_events([request]), 0))
+        return self._answer_streams([request])[0]
 
     def generate_batch(
         self,
@@ -283,11 +288,7 @@ class ParallelCompEngine:
         decode = self._decode_options(**options)
         encoding = self._encoding(context)
         requests = [self._prepare(encoding, q, decode, progress) for q in questions]
-        answers: list[Answer | None] = [None] * len(requests)
-        for index, event in self._answer_events(requests):
-            if isinstance(event, Answer):
-                answers[index] = event
-        return answers
+        return [_drain(stream) for stream in self._answer_streams(requests)]
 
     def complete(self, prompt: str, **options: Unpack[GenerationOptions]) -> Answer:
         """Continue `prompt` as an ordinary LLM (no context, no template; within the trained window)."""
@@ -448,49 +449,82 @@ class ParallelCompEngine:
 
     # -- the request ------------------------------------------------------------------------
 
-    def _answer_events(self, requests: list[_Request]) -> Iterator[tuple[int, str | Answer]]:
+    def _answer_streams(self, requests: list[_Request]) -> list[AnswerStream]:
+        """Queue one call's questions over one context; while they wait, other callers' questions
+        over the same context may join their batch."""
+        job = Job(
+            requests,
+            self._answer_events,
+            key=requests[0].encoding.context_key,
+            deadline=requests[0].options.deadline,
+            result_type=Answer,
+        )
+        return [AnswerStream(events) for events in self._scheduler.submit(job)]
+
+    def _answer_events(
+        self, requests: list[_Request], control: BatchControl
+    ) -> Generator[tuple[int, str | Answer], None, None]:
         """Answer several questions over one context: shared chunk encoding, per-question
-        selection, one batched final pass and decoding. Yields (request index, delta or Answer)."""
-        encoding = requests[0].encoding
-        with self._using_model(requests[0].options.deadline):
+        selection, one batched final pass and decoding. Yields (request index, delta or Answer).
+
+        The requests share a context key; an explicit `ContextCache` among them is used for all."""
+        with_cache = (r.encoding for r in requests if r.encoding.cache is not None)
+        encoding = next(with_cache, requests[0].encoding)
+        with self._reporting_memory_errors():
             started = start_measuring(self.device)
             stats = [
                 AnswerStats(
-                    context_tokens=encoding.context_tokens, chunks_total=len(encoding.chunks)
+                    context_tokens=encoding.context_tokens,
+                    chunks_total=len(encoding.chunks),
+                    batch_size=len(requests),
                 )
                 for _ in requests
             ]
             rows = []
-            for request, row_stats, (stored, kept) in zip(
-                requests, stats, self._encode_and_select(requests, stats), strict=True
-            ):
+            selections = self._encode_and_select(encoding, requests, stats, control)
+            for request, row_stats, (stored, kept) in zip(requests, stats, selections, strict=True):
                 merged = merge_chunks(stored, kept, self.config)
                 del stored
                 row_stats.kv_entries_kept = merged.entries
                 row_stats.prompt_tokens = merged.entries + len(request.question_ids)
                 start = len(self.prompts.prefix_ids) + max(len(encoding.chunks[i]) for i in kept)
                 rows.append(FinalRow(merged, request.question_ids, start))
+            del selections
             calibration = None
             if self.config.calibration_layers is not None:
                 first, last = self.config.calibration_layers
                 calibration = (range(first, last + 1), self.config.calibration_threshold)
             state = run_final_pass(self.model, rows, self._pad_id, calibration)
             del rows
-            yield from self._decode(state, [r.options for r in requests], stats, started)
+            options = [r.options for r in requests]
+            yield from self._decode(state, options, stats, started, control)
 
     @contextlib.contextmanager
-    def _using_model(self, deadline: Deadline) -> Iterator[None]:
-        """Hold the model for one request; turn running out of device memory into
-        `DeviceMemoryError` after freeing what the request allocated."""
-        with self._gate.hold(deadline):
-            try:
-                yield
-            except torch.OutOfMemoryError:
-                release_cached_memory(self.device)
-                raise DeviceMemoryError(
-                    "the device ran out of memory even with one chunk per forward pass; lower "
-                    "chunk_tokens, keep_chunks or kv_budget_per_chunk, or use a larger device"
-                ) from None
+    def _reporting_memory_errors(self) -> Iterator[None]:
+        """Turn running out of device memory into `DeviceMemoryError` after freeing what the
+        batch allocated."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            release_cached_memory(self.device)
+            raise DeviceMemoryError(
+                "the device ran out of memory even with one chunk per forward pass; lower "
+                "chunk_tokens, keep_chunks or kv_budget_per_chunk (or max_batch_requests), or "
+                "use a larger device"
+            ) from None
+
+    def _encode_events(
+        self, encoding: _Encoding, progress: bool, control: BatchControl
+    ) -> Generator[tuple[int, ContextCache], None, None]:
+        """Encode every chunk of one context for `encode`; yield (0, its ContextCache)."""
+        with self._reporting_memory_errors():
+            batches = list(
+                self._encoded_batches(encoding, AnswerStats(), progress, control, explicit=True)
+            )
+        cache = ContextCache(
+            self.model_key, encoding.context_key, encoding.chunks, encoding.context_tokens, batches
+        )
+        yield 0, cache
 
     def _prompt_stream(self, prompt_ids: list[int], options: DecodeOptions) -> AnswerStream:
         if len(prompt_ids) + options.max_new_tokens > self.native_window:
@@ -498,24 +532,35 @@ class ParallelCompEngine:
                 f"prompt ({len(prompt_ids)} tokens) plus max_new_tokens={options.max_new_tokens} "
                 f"exceeds the trained window of {self.native_window}; pass long text as context"
             )
-        return AnswerStream(self._prompt_events(prompt_ids, options))
+        job = Job(
+            [prompt_ids],
+            lambda prompts, control: self._prompt_events(prompts[0], options, control),
+            key=None,
+            deadline=options.deadline,
+            result_type=Answer,
+        )
+        [events] = self._scheduler.submit(job)
+        return AnswerStream(events)
 
     def _prompt_events(
-        self, prompt_ids: list[int], options: DecodeOptions
-    ) -> Iterator[str | Answer]:
-        with self._using_model(options.deadline):
+        self, prompt_ids: list[int], options: DecodeOptions, control: BatchControl
+    ) -> Generator[tuple[int, str | Answer], None, None]:
+        with self._reporting_memory_errors():
             started = start_measuring(self.device)
             stats = AnswerStats(prompt_tokens=len(prompt_ids))
             state = self._prefill_prompt(prompt_ids)
-            for _, event in self._decode(state, [options], [stats], started):
-                yield event
+            yield from self._decode(state, [options], [stats], started, control)
 
     def _encode_and_select(
-        self, requests: list[_Request], stats: list[AnswerStats]
+        self,
+        encoding: _Encoding,
+        requests: list[_Request],
+        stats: list[AnswerStats],
+        control: BatchControl,
     ) -> list[tuple[list[StoredChunk], list[int]]]:
         """Encode (or reuse) every chunk once; for each question, score the chunks, evict KV
         inside them and pick the kept ones. Returns (stored chunks, kept indices) per question."""
-        config, encoding = self.config, requests[0].encoding
+        config = self.config
         chunks, prefix = encoding.chunks, len(self.prompts.prefix_ids)
         keep = config.chunks_to_keep(len(chunks))
         rank = keep < len(chunks)
@@ -525,8 +570,7 @@ class ParallelCompEngine:
         stored: list[list[StoredChunk]] = [[] for _ in requests]
         scores: list[list[float]] = [[] for _ in requests]
         progress = any(request.progress for request in requests)
-        deadline = requests[0].options.deadline
-        for batch in self._encoded_batches(encoding, stats[0], progress, deadline):
+        for batch in self._encoded_batches(encoding, stats[0], progress, control):
             for number, request in enumerate(requests):
                 window = min(config.observation_window, len(request.question_ids))
                 probe = AttentionProbe(
@@ -584,7 +628,7 @@ class ParallelCompEngine:
         encoding: _Encoding,
         stats: AnswerStats,
         progress: bool,
-        deadline: Deadline,
+        control: BatchControl,
         explicit: bool = False,
     ) -> Iterator[EncodedBatch]:
         """The context's encoded batches: from a cache when there is one, else prefilled now.
@@ -614,7 +658,7 @@ class ParallelCompEngine:
         bar = tqdm(total=len(chunks), desc="prefill", unit="chunk", disable=not progress)
         first = 0
         while first < len(chunks):
-            deadline.check()
+            control.check()
             indices = list(range(first, min(first + batch_size, len(chunks))))
             rows = [prefix + chunks[i].token_ids for i in indices]
             try:
@@ -662,8 +706,10 @@ class ParallelCompEngine:
         options: list[DecodeOptions],
         stats: list[AnswerStats],
         started: float,
+        control: BatchControl,
     ) -> Iterator[tuple[int, str | Answer]]:
-        """Decode every row; yield (row, text delta) as text becomes final, then (row, Answer)."""
+        """Decode every row; yield (row, text delta) as text becomes final, and (row, Answer) as
+        soon as the row has finished. A row that `control` no longer keeps stops decoding."""
         prefilled = device_work_done(self.device)
         rows, deltas = [], []
         for row_options, position in zip(options, state.next_positions, strict=True):
@@ -686,33 +732,36 @@ class ParallelCompEngine:
             state.attention_mask,
             state.probe,
         )
-        for tokens in steps:
-            options[0].deadline.check()
-            for index, token in enumerate(tokens):
-                if token is None:
+        answered: set[int] = set()
+
+        def answers() -> Iterator[tuple[int, str | Answer]]:
+            for index, (row, row_deltas, row_stats) in enumerate(
+                zip(rows, deltas, stats, strict=True)
+            ):
+                if row.finish is None or index in answered:
                     continue
-                delta = deltas[index].push(token)
-                if delta:
-                    yield index, delta
-                if deltas[index].stopped:
-                    rows[index].finish = "stop"
-        decode_seconds = time.perf_counter() - prefilled
-        for index, (row, row_deltas, row_stats) in enumerate(zip(rows, deltas, stats, strict=True)):
-            tail = row_deltas.flush()
-            if tail:
-                yield index, tail
-            row_stats.new_tokens = len(row_deltas.token_ids)
-            row_stats.prefill_seconds = prefilled - started
-            row_stats.decode_seconds = decode_seconds
-            row_stats.peak_memory_bytes = peak_memory(self.device)
-            finish = row.finish or "stop"
-            yield index, Answer(row_deltas.emitted, row_deltas.token_ids, finish, row_stats)
+                answered.add(index)
+                tail = row_deltas.flush()
+                if tail:
+                    yield index, tail
+                row_stats.new_tokens = len(row_deltas.token_ids)
+                row_stats.prefill_seconds = prefilled - started
+                row_stats.decode_seconds = time.perf_counter() - prefilled
+                row_stats.peak_memory_bytes = peak_memory(self.device)
+                yield index, Answer(row_deltas.emitted, row_deltas.token_ids, row.finish, row_stats)
 
-
-def _events_of_row(events: Iterator[tuple[int, str | Answer]], row: int) -> Iterator[str | Answer]:
-    for index, event in events:
-        if index == row:
-            yield event
+        for tokens in steps:
+            for index, token in enumerate(tokens):
+                if token is not None:
+                    delta = deltas[index].push(token)
+                    if delta:
+                        yield index, delta
+                    if deltas[index].stopped:
+                        rows[index].finish = "stop"
+                if rows[index].finish is None and not control.keep(index):
+                    rows[index].finish = "stop"  # nobody waits for this row any more
+            yield from answers()
+        yield from answers()
 
 
 def _drain(stream: AnswerStream) -> Answer:

@@ -1,5 +1,5 @@
-"""Test helpers: tiny random-initialised models and a byte-level tokenizer built in code, and the
-runnable snippets of the READMEs.
+"""Test helpers: tiny random-initialised models and a byte-level tokenizer built in code, the
+runnable snippets of the READMEs, and hooks that watch or hold the model's forward passes.
 
 No download: the tokenizer maps every byte to a token (plus special tokens) and carries a
 ChatML-style chat template, and the models are 2-layer Llama, Qwen2 or Mistral networks.
@@ -8,6 +8,8 @@ ChatML-style chat template, and the models are 2-layer Llama, Qwen2 or Mistral n
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -129,3 +131,43 @@ def count_prefills(model: torch.nn.Module, min_width: int = 100) -> list[int]:
 
     model.register_forward_pre_hook(record, with_kwargs=True)
     return widths
+
+
+def forward_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
+    """Record (rows, tokens) of every forward pass from now on in the returned list: chunk
+    prefills are wide, a decoding step is one token wide with a row per question of its batch."""
+    shapes: list[tuple[int, int]] = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    return shapes
+
+
+class ModelPause:
+    """Holds the first forward pass of `model` whose input ids `when` selects (default: the next
+    one) until `release()`, so that the engine stays busy while a test queues other requests."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        when: Callable[[torch.Tensor], bool] = lambda input_ids: True,
+    ) -> None:
+        self.reached = threading.Event()
+        self._released = threading.Event()
+        self._when = when
+        self._handle = model.register_forward_pre_hook(self._hold, with_kwargs=True)
+
+    def _hold(self, module, args, kwargs) -> None:
+        if not self.reached.is_set() and self._when(kwargs["input_ids"]):
+            self.reached.set()
+            self._released.wait()
+
+    def wait_until_reached(self, timeout: float = 60.0) -> None:
+        """Block until a forward pass is held; `AssertionError` after `timeout` seconds."""
+        assert self.reached.wait(timeout), "the model never reached the pause"
+
+    def release(self) -> None:
+        """Let the held pass go on; later passes are not held."""
+        self._released.set()
+        self._handle.remove()

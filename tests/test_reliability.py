@@ -20,7 +20,7 @@ from parallelcomp_llm import (
     ParallelCompError,
     RequestTimeoutError,
 )
-from parallelcomp_llm.testing import text_of_tokens, tiny_engine
+from parallelcomp_llm.testing import ModelPause, text_of_tokens, tiny_engine
 
 DOCS = [text_of_tokens(300, seed=i) for i in range(4)]
 SETTINGS = dict(keep_chunks=2, kv_budget_per_chunk=48)
@@ -44,20 +44,24 @@ def test_threads_sharing_an_engine_each_get_their_own_answer():
 
 
 def hold_model(engine):
-    """Start a stream and read one delta, so that the stream holds the model."""
+    """Start a stream whose first forward pass waits for the returned pause to be released, so
+    that the model is busy until then."""
+    pause = ModelPause(engine.model)
     stream = engine.stream(DOCS, "Which?", max_new_tokens=30)
-    next(stream)
-    assert engine._gate.busy
-    return stream
+    pause.wait_until_reached()
+    assert engine._scheduler.busy
+    return pause, stream
 
 
 def test_full_queue_is_refused_and_closing_a_stream_frees_the_model():
     engine = tiny_engine("llama", max_waiting_requests=0, **SETTINGS)
-    stream = hold_model(engine)
+    pause, stream = hold_model(engine)
     with pytest.raises(EngineBusyError):
         engine.generate(DOCS, "Another?", max_new_tokens=4)
+    pause.release()
+    next(stream)
     stream.close()
-    assert not engine._gate.busy
+    assert not engine._scheduler.busy
     assert len(engine.generate(DOCS, "Another?", max_new_tokens=4).token_ids) == 4
 
 
@@ -66,21 +70,22 @@ def test_abandoned_stream_releases_the_model():
     for _ in engine.stream(DOCS, "Which?", max_new_tokens=30):
         break
     gc.collect()
-    assert not engine._gate.busy
+    assert not engine._scheduler.busy
     assert engine.generate(DOCS, "Which?", max_new_tokens=3).finish_reason == "length"
 
 
 def test_waiting_and_running_past_the_timeout():
     engine = tiny_engine("llama", request_timeout_s=3.0, **SETTINGS)
-    stream = hold_model(engine)
+    pause, stream = hold_model(engine)
     with pytest.raises(RequestTimeoutError, match="waited"):
         engine.generate(DOCS, "Another?", max_new_tokens=4)
+    pause.release()
     stream.close()
     slow = tiny_engine("llama", request_timeout_s=0.05, **SETTINGS)
     slow.model.register_forward_pre_hook(lambda *args: time.sleep(0.03))
     with pytest.raises(RequestTimeoutError, match="longer than"):
         slow.generate(DOCS, "Which?", max_new_tokens=30)
-    assert not slow._gate.busy
+    assert not slow._scheduler.busy
 
 
 def test_max_new_tokens_limit():
@@ -114,7 +119,7 @@ def test_out_of_memory_at_batch_one_is_an_error_and_the_engine_recovers():
     with pytest.raises(DeviceMemoryError):
         engine.generate(DOCS, "Which?", max_new_tokens=10)
     handle.remove()
-    assert not engine._gate.busy
+    assert not engine._scheduler.busy
     assert len(engine.generate(DOCS, "Which?", max_new_tokens=5).token_ids) == 5
 
 

@@ -1,8 +1,8 @@
 """Run one engine request as a sequence of events: the text deltas, then the final `Answer`.
 
-The engine is synchronous. `answer_events` runs it in the caller's thread; `aanswer_events` runs it
-in a worker thread and hands the events to the event loop, so the loop keeps running while the
-model works.
+The engine is synchronous: its calls block until the model has worked. `answer_events` reads a
+request's events in the caller's thread; `aanswer_events` reads them in a relay thread and hands
+them to the event loop, so the loop keeps running while the model works.
 """
 
 from __future__ import annotations
@@ -19,41 +19,37 @@ Event = str | Answer
 
 
 def answer_events(open_stream: OpenStream) -> Iterator[Event]:
-    """The request's text deltas, then its `Answer`. Closing early stops the generation."""
+    """The request's text deltas, then its `Answer` (none when the request was cancelled).
+    Closing early cancels the request."""
     stream = open_stream()
     try:
         yield from stream
     finally:
         stream.close()
-    assert stream.answer is not None
-    yield stream.answer
+    if stream.answer is not None:
+        yield stream.answer
 
 
 async def aanswer_events(open_stream: OpenStream) -> AsyncIterator[Event]:
-    """`answer_events` with the model work in a worker thread; the event loop is never blocked.
+    """`answer_events` read in a relay thread; the event loop is never blocked.
 
-    Leaving the iteration early (break, cancellation) makes the worker stop after its current token.
+    Leaving the iteration early (break, cancellation) cancels the request at once: it leaves the
+    engine's queue, or stops at its next step.
     """
     loop = asyncio.get_running_loop()
+    stream = await asyncio.to_thread(open_stream)
     queue: asyncio.Queue[tuple[Event | None, BaseException | None]] = asyncio.Queue()
-    abandoned = threading.Event()
 
     def put(event: Event | None, error: BaseException | None = None) -> None:
         try:
             loop.call_soon_threadsafe(queue.put_nowait, (event, error))
         except RuntimeError:  # the loop has closed: nobody is listening any more
-            abandoned.set()
+            stream.cancel()
 
     def work() -> None:
         try:
-            events = answer_events(open_stream)
-            try:
-                for event in events:
-                    if abandoned.is_set():
-                        break
-                    put(event)
-            finally:
-                events.close()
+            for event in answer_events(lambda: stream):
+                put(event)
         except BaseException as error:  # noqa: BLE001 - re-raised on the awaiting side
             put(None, error)
         put(None)
@@ -68,4 +64,4 @@ async def aanswer_events(open_stream: OpenStream) -> AsyncIterator[Event]:
                 return
             yield event
     finally:
-        abandoned.set()
+        stream.cancel()

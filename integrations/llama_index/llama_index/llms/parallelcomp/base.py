@@ -162,7 +162,7 @@ class ParallelCompLLM(CustomLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         stream = await asyncio.to_thread(self._completion_stream, prompt, formatted, kwargs)
-        answer = await asyncio.to_thread(responses.final_answer, stream)
+        answer = await responses.afinal_answer(stream)
         return responses.completion(answer.text, answer=answer)
 
     @llm_completion_callback()
@@ -175,7 +175,7 @@ class ParallelCompLLM(CustomLLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         stream = await asyncio.to_thread(self._chat_stream, messages, kwargs)
-        answer = await asyncio.to_thread(responses.final_answer, stream)
+        answer = await responses.afinal_answer(stream)
         return responses.chat(answer.text, answer=answer)
 
     @llm_chat_callback()

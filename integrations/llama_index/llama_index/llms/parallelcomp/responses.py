@@ -47,6 +47,15 @@ def final_answer(stream: AnswerStream) -> Answer:
     return stream.answer
 
 
+async def afinal_answer(stream: AnswerStream) -> Answer:
+    """`final_answer` read in a worker thread; cancelling the awaiting task cancels the request
+    at once (it leaves the engine's queue, or stops at its next step)."""
+    try:
+        return await asyncio.to_thread(final_answer, stream)
+    finally:
+        stream.cancel()
+
+
 def stream_responses(stream: AnswerStream, build: Build[ResponseT]) -> Iterator[ResponseT]:
     """The responses of an engine stream, built with `build` (`completion` or `chat`)."""
     text = ""
