@@ -117,9 +117,9 @@ def markdown(by_suite: dict[str, list[dict]]) -> str:
         "",
         (
             f"Model: {', '.join(models)}. Hardware: {', '.join(hardware)}. "
-            f"{len(everything)} answers. Made by `python -m benchmarks.quality.report` from "
-            "`benchmarks/results/quality_*.jsonl`; the commands are in "
-            "`benchmarks/quality/README.md`."
+            f"{len(everything)} answers. Made by `python -m benchmarks.quality.report` from the "
+            "`quality_*.jsonl` files beside this one; the commands are in "
+            "`benchmarks/quality/README.md` and the project README."
         ),
         "Cells: mean score in percent (items in brackets).",
     ]
@@ -154,7 +154,16 @@ def markdown(by_suite: dict[str, list[dict]]) -> str:
                 for depth, row in zip(depths, grid, strict=True)
             ]
             lines += _table(["depth"] + [_label(n) for n in lengths], rows)
-    lines += ["", "## Costs (medians over answered items of all suites)", ""]
+    lines += [
+        "",
+        "## Costs (medians over answered items of all suites)",
+        "",
+        "Seconds and memory come from runs with several worker processes sharing one device, so",
+        "they are loaded figures. Peak memory is the worker's peak allocated memory during the",
+        "item, including the weights of every method that worker had loaded by then (each",
+        "method holds its own copy of the model): compare it within a method, across lengths.",
+        "",
+    ]
     lines += _cost_table(everything, _ordered_methods(everything))
     errors: dict[tuple[str, int, str], int] = defaultdict(int)
     for r in everything:
@@ -199,7 +208,9 @@ def _heat_map_plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = _ordered_methods(records)
-    figure, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 4), squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(methods), figsize=(4.5 * len(methods), 4), squeeze=False, layout="constrained"
+    )
     for axis, method in zip(axes[0], methods, strict=True):
         lengths, depths, grid = heat_map(records, method)
         image = axis.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
