@@ -51,10 +51,14 @@ class ParallelCompConfig(BaseModel):
         "None keeps every entry of the kept chunks.",
     )
     observation_window: int = Field(
-        8, ge=1, description="Last question tokens whose attention scores the KV entries."
+        32,
+        ge=1,
+        description="Last question tokens whose attention scores the KV entries (all of them when "
+        "the question block is shorter). 32 rather than 8, so that the question's own words vote, "
+        "not only the chat template's closing tokens: see benchmarks/results/tuning/.",
     )
     pooling_kernel: int = Field(
-        7, ge=1, description="Width of the max-pooling over token scores (odd)."
+        15, ge=1, description="Width of the max-pooling over token scores (odd)."
     )
     calibration_layers: tuple[int, int] | None = Field(
         None,
