@@ -72,7 +72,7 @@ def sizer() -> EngineSizer:
 @pytest.fixture(scope="module")
 def generated(sizer) -> dict[tuple[str, int], list]:
     return {
-        (task, length): ruler_items(task, length, ITEMS, 0, sizer)
+        (task, length): ruler_items(task, length, range(ITEMS), 0, sizer)
         for task in TASKS
         for length in LENGTHS
     }
@@ -166,8 +166,8 @@ def test_perfect_answer_scores_one_and_empty_answer_zero(generated, task):
 @pytest.mark.parametrize("task", TASKS)
 def test_items_depend_only_on_task_length_seed_and_index(generated, sizer, task):
     length = LENGTHS[0]
-    assert ruler_items(task, length, ITEMS, 0, sizer) == generated[task, length]
-    assert ruler_items(task, length, 1, 0, sizer)[0] == generated[task, length][0]
-    other_seed = ruler_items(task, length, ITEMS, 1, sizer)
+    assert ruler_items(task, length, range(ITEMS), 0, sizer) == generated[task, length]
+    assert ruler_items(task, length, [1], 0, sizer)[0] == generated[task, length][1]
+    other_seed = ruler_items(task, length, range(ITEMS), 1, sizer)
     assert all(a.context != b.context for a, b in zip(other_seed, generated[task, length]))
     assert generated[task, length][0].context != generated[task, length][1].context

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from benchmarks.quality import run
 from benchmarks.quality.report import write_report
+from benchmarks.quality.results import record_key
+from benchmarks.quality.suites import build_items, item_groups
 from parallelcomp_llm.testing import tiny_model, tiny_tokenizer
 
 WINDOW = 2048
@@ -38,7 +41,9 @@ def test_run_writes_results_resumes_and_reports(model_dir, tmp_path):
         assert 0 < r["prompt_tokens"] <= r["length"]
         assert r["score"] in (0.0, 1.0) and r["correct"] == (r["score"] == 1.0)
         assert isinstance(r["answer"], str) and r["references"][0].isdigit()
-    long_parallelcomp = [r for r in records if r["method"] == "parallelcomp" and r["length"] == 3072]
+    long_parallelcomp = [
+        r for r in records if r["method"] == "parallelcomp" and r["length"] == 3072
+    ]
     assert all(r["chunks_total"] == 2 for r in long_parallelcomp)
 
     run.main(argv)
@@ -50,3 +55,22 @@ def test_run_writes_results_resumes_and_reports(model_dir, tmp_path):
     assert "| method | 1K | 3K |" in passkey_table
     assert "| parallelcomp |" in passkey_table and "| full |" in passkey_table
     assert (tmp_path / "quality_passkey.png").stat().st_size > 0
+
+
+def test_items_built_in_processes_equal_those_built_here_in_rounds(model_dir):
+    groups = item_groups("passkey", [1024, 3072], 1, 3, None, 0)
+    here = build_items(groups, model_dir)
+    assert [(i.index, i.length) for i in here] == [(d, n) for d in range(3) for n in (1024, 3072)]
+    assert [i.depth for i in here[::2]] == [0.0, 0.5, 1.0]
+    assert build_items(groups, model_dir, processes=2) == here
+
+
+def test_only_unanswered_items_are_built():
+    groups = item_groups("ruler", [4096], 3, 1, ["vt", "cwe"], 0)
+    done = {record_key("ruler", "vt", 4096, 0, i, m) for i in (0, 1) for m in ("full", "a")}
+    done.add(record_key("ruler", "cwe", 4096, 0, 2, "full"))
+    pending = run.unanswered(groups, ["full", "a"], done)
+    assert [(g.task, g.indices) for g in pending] == [("vt", (2,)), ("cwe", (0, 1, 2))]
+    assert run.unanswered(
+        groups, ["full"], done | {record_key("ruler", "vt", 4096, 0, 2, "full")}
+    ) == [replace(groups[1], indices=(0, 1))]

@@ -104,15 +104,18 @@ class EngineSizer:
         return len(self.prompts.prefix_ids) + len(self.prompts.question_ids(question))
 
 
-def ruler_items(task: str, length: int, count: int, seed: int, sizer: PromptSizer) -> list[Item]:
-    """`count` items of RULER task `task`, each filling `length` tokens as `sizer` counts them.
+def ruler_items(
+    task: str, length: int, indices: Iterable[int], seed: int, sizer: PromptSizer
+) -> list[Item]:
+    """The items `indices` of RULER task `task`, each filling `length` tokens as `sizer` counts
+    them.
 
     Item `index` depends only on (task, length, seed, index).
     """
     if task not in TASKS:
         raise ValueError(f"unknown RULER task {task!r}; tasks: {', '.join(TASKS)}")
     tokens = _Tokens(sizer)
-    return [_item(_Request(task, length, seed, index), sizer, tokens) for index in range(count)]
+    return [_item(_Request(task, length, seed, index), sizer, tokens) for index in indices]
 
 
 class _Tokens:

@@ -2,14 +2,15 @@
 record per (item, method) appended to a JSON-lines file under `benchmarks/results/`.
 
     python -m benchmarks.quality.run --suite passkey --lengths 4096 8192 16384 --depths 11
-    python -m benchmarks.quality.run --suite ruler --lengths 4096 16384 --items 10 --workers 4
+    python -m benchmarks.quality.run --suite ruler --lengths 4096 16384 --items 10 --workers 4 \\
+        --build-processes 8
     python -m benchmarks.quality.run --suite needle --lengths 4096 32768 --depths 11 \\
         --methods parallelcomp full
 
 Items go item by item, every method on each, in rounds (item 0 of every task and length, then
 item 1, ...), so a run stopped early (`--time-budget`, or interrupted) still compares the
 methods on identical items at every length. Rerunning the same command resumes: results already
-in the file are skipped. `python -m benchmarks.quality.report` makes the tables and plots.
+in the file are skipped, and only the items still to answer are built. `python -m benchmarks.quality.report` makes the tables and plots.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import multiprocessing
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .items import Item
 from .methods import METHOD_NAMES, parse_method
-from .results import RESULTS_DIR, append_record, done_keys, item_key
-from .suites import SUITES, build_items
+from .results import RESULTS_DIR, append_record, done_keys, item_key, record_key
+from .suites import SUITES, ItemGroup, build_items, item_groups
 from .worker import answer_item, start_worker
 
 
@@ -50,12 +52,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the device")
     parser.add_argument(
+        "--build-processes", type=int, default=1, help="processes building the items (CPU)"
+    )
+    parser.add_argument(
         "--time-budget", type=float, default=None, help="stop starting items after this many s"
     )
     parser.add_argument("--results", type=Path, default=None, help="JSON-lines file to append to")
     args = parser.parse_args(argv)
-    if args.items < 1 or args.depths < 1 or args.workers < 1 or min(args.lengths) < 1:
-        parser.error("--items, --depths, --workers and --lengths must be positive")
+    if min(args.items, args.depths, args.workers, args.build_processes, *args.lengths) < 1:
+        parser.error(
+            "--items, --depths, --workers, --build-processes and --lengths must be positive"
+        )
+    try:
+        item_groups(args.suite, args.lengths, args.items, args.depths, args.tasks, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
     for method in args.methods:
         try:
             parse_method(method)
@@ -111,27 +122,38 @@ def run_jobs(
     return finished
 
 
+def unanswered(groups: list[ItemGroup], methods: list[str], done: set[str]) -> list[ItemGroup]:
+    """`groups` cut down to the items that some method in `methods` has not answered."""
+    pending = []
+    for group in groups:
+        indices = tuple(
+            index
+            for index in group.indices
+            if any(
+                record_key(group.suite, group.task, group.length, group.seed, index, m) not in done
+                for m in methods
+            )
+        )
+        if indices:
+            pending.append(replace(group, indices=indices))
+    return pending
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
-    from transformers import AutoTokenizer
-
     from parallelcomp_llm.default_model import default_model_path
-
-    from .ruler import EngineSizer
 
     model = Path(args.model) if args.model else default_model_path()
     started = time.monotonic()
     deadline = None if args.time_budget is None else started + args.time_budget
-    sizer = EngineSizer.for_tokenizer(AutoTokenizer.from_pretrained(model))
-    items = build_items(
-        args.suite, args.lengths, args.items, args.depths, args.tasks, args.seed, sizer
-    )
     results = args.results or RESULTS_DIR / f"quality_{args.suite}.jsonl"
     done = done_keys(results)
+    groups = item_groups(args.suite, args.lengths, args.items, args.depths, args.tasks, args.seed)
+    items = build_items(unanswered(groups, args.methods, done), model, args.build_processes)
     jobs = [(m, item) for item in items for m in args.methods if item_key(item, m) not in done]
     print(
-        f"{len(items)} items x {len(args.methods)} methods: {len(jobs)} to run "
-        f"({len(done)} results already in {results}); items built in "
+        f"{sum(len(g.indices) for g in groups)} items x {len(args.methods)} methods: {len(jobs)} "
+        f"to run ({len(done)} results already in {results}); {len(items)} items built in "
         f"{time.monotonic() - started:.0f} s"
     )
     finished = run_jobs(jobs, results, model, args.device, args.workers, deadline)
