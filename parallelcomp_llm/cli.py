@@ -44,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--seed", type=int, default=None)
     ask.add_argument("--stop", action="append", default=None, help="stop string; repeatable")
     ask.add_argument("--keep-chunks", type=float, default=None, help="count (>= 1) or fraction")
-    ask.add_argument("--kv-budget", type=int, default=None, help="KV entries kept per chunk")
+    ask.add_argument(
+        "--kv-budget",
+        type=int,
+        default=None,
+        help="KV entries the answer attends to, shared by the kept chunks",
+    )
     ask.add_argument("--no-kv-eviction", action="store_true", help="keep whole kept chunks")
     ask.add_argument("--chunk-tokens", type=int, default=None)
     ask.add_argument("--chunk-batch-size", type=int, default=None)
@@ -60,14 +65,14 @@ def _overrides(args: argparse.Namespace) -> dict:
         "chunk_batch_size": args.chunk_batch_size,
         "device": args.device,
         "dtype": args.dtype,
-        "kv_budget_per_chunk": args.kv_budget,
+        "kv_budget": args.kv_budget,
     }
     if args.keep_chunks is not None:
         keep = args.keep_chunks
         overrides["keep_chunks"] = int(keep) if keep >= 1 and keep == int(keep) else keep
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if args.no_kv_eviction:
-        overrides["kv_budget_per_chunk"] = None
+        overrides["kv_budget"] = None
     return overrides
 
 

@@ -44,11 +44,13 @@ class ParallelCompConfig(BaseModel):
         description="How chunks are ranked: the question's mean negative log-likelihood given "
         "the chunk ('nll'), or the question's attention mass on the chunk ('attention').",
     )
-    kv_budget_per_chunk: int | None = Field(
-        1024,
+    kv_budget: int | None = Field(
+        3072,
         ge=1,
-        description="KV entries kept per kept chunk, layer and KV head (SnapKV-style). "
-        "None keeps every entry of the kept chunks.",
+        description="KV entries per layer and KV head that the answer is decoded over, shared "
+        "evenly by the kept chunks, each evicted to its share (SnapKV-style): 1024 a chunk when "
+        "3 are kept, all 3072 when the context is one chunk. None keeps every entry of the kept "
+        "chunks. Chosen from RULER runs: see benchmarks/results/tuning/.",
     )
     observation_window: int = Field(
         32,
@@ -167,3 +169,10 @@ class ParallelCompConfig(BaseModel):
         if isinstance(self.keep_chunks, float):
             return max(1, min(total, round(self.keep_chunks * total)))
         return min(total, self.keep_chunks)
+
+    def chunk_kv_budget(self, total: int) -> int | None:
+        """KV entries each kept chunk keeps (per layer and KV head) when the context has `total`
+        chunks: its share of `kv_budget`; None keeps them all."""
+        if self.kv_budget is None:
+            return None
+        return max(1, self.kv_budget // self.chunks_to_keep(total))

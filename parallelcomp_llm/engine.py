@@ -509,7 +509,7 @@ class ParallelCompEngine:
             release_cached_memory(self.device)
             raise DeviceMemoryError(
                 "the device ran out of memory even with one chunk per forward pass; lower "
-                "chunk_tokens, keep_chunks or kv_budget_per_chunk (or max_batch_requests), or "
+                "chunk_tokens, keep_chunks or kv_budget (or max_batch_requests), or "
                 "use a larger device"
             ) from None
 
@@ -564,9 +564,8 @@ class ParallelCompEngine:
         chunks, prefix = encoding.chunks, len(self.prompts.prefix_ids)
         keep = config.chunks_to_keep(len(chunks))
         rank = keep < len(chunks)
-        evict = config.kv_budget_per_chunk is not None and any(
-            len(chunk) > config.kv_budget_per_chunk for chunk in chunks
-        )
+        budget = config.chunk_kv_budget(len(chunks))
+        evict = budget is not None and any(len(chunk) > budget for chunk in chunks)
         stored: list[list[StoredChunk]] = [[] for _ in requests]
         scores: list[list[float]] = [[] for _ in requests]
         progress = any(request.progress for request in requests)
@@ -595,6 +594,7 @@ class ParallelCompEngine:
                             prefix,
                             probe.window_scores,
                             keep_prefix,
+                            budget,
                             config,
                         )
                     )

@@ -51,12 +51,12 @@ def store_chunk(
     prefix: int,
     window_scores: dict[int, torch.Tensor],
     keep_prefix: bool,
+    budget: int | None,
     config: ParallelCompConfig,
 ) -> StoredChunk:
     """Copy row `row` of `batch` out: its prefix (if `keep_prefix`) and its context KV, evicted
-    down to `kv_budget_per_chunk` per layer and head by the pooled window scores."""
+    down to `budget` entries per layer and head by the pooled window scores (None: all kept)."""
     context = slice(prefix, prefix + length)
-    budget = config.kv_budget_per_chunk
     stored = StoredChunk(
         length, [], [], [], [] if keep_prefix else None, [] if keep_prefix else None
     )

@@ -29,7 +29,7 @@ OTHER = [text_of_tokens(300, seed=10 + i) for i in range(2)]
 QUESTIONS = [f"Question {number}: which part?" for number in range(4)]
 SETTINGS = {
     "keep_chunks": 2,
-    "kv_budget_per_chunk": 48,
+    "kv_budget": 96,
     "chunk_batch_size": 2,
     "context_cache_host_fraction": 0.0,
 }

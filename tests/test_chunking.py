@@ -50,7 +50,7 @@ def test_small_documents_are_packed_and_large_ones_split_evenly():
 
 
 def test_positions_never_exceed_the_trained_window():
-    engine = tiny_engine("llama", window=256, kv_budget_per_chunk=32, keep_chunks=2)
+    engine = tiny_engine("llama", window=256, kv_budget=64, keep_chunks=2)
     seen: list[int] = []
 
     def record(module, args, kwargs):
@@ -68,7 +68,7 @@ def test_positions_never_exceed_the_trained_window():
 
 @pytest.mark.parametrize("documents", [3, 7])
 def test_document_boundaries_are_chunk_boundaries_when_they_fit(documents):
-    engine = tiny_engine("llama", keep_chunks=1.0, kv_budget_per_chunk=None)
+    engine = tiny_engine("llama", keep_chunks=1.0, kv_budget=None)
     docs = [text_of_tokens(300, seed=i) for i in range(documents)]
     answer = engine.generate(docs, "Which?", max_new_tokens=4)
     assert [c.documents for c in answer.stats.chunks] == [(i,) for i in range(documents)]

@@ -33,7 +33,7 @@ def ask(model_dir, *args: str) -> list[str]:
         "--keep-chunks",
         "2",
         "--kv-budget",
-        "40",
+        "80",
         *args,
     ]
 
@@ -47,7 +47,7 @@ def test_answer_matches_the_engine_and_stats_are_printed(model_dir, tmp_path, ca
     assert main(args) == 0
     out, err = capsys.readouterr()
     engine = ParallelCompEngine.from_pretrained(
-        model_dir, chunk_tokens=300, keep_chunks=2, kv_budget_per_chunk=40
+        model_dir, chunk_tokens=300, keep_chunks=2, kv_budget=80
     )
     expected = engine.generate([f.read_text() for f in files], "What?", max_new_tokens=12)
     assert out == expected.text + "\n"
@@ -74,7 +74,7 @@ def test_non_utf8_file_is_a_clear_error(model_dir, tmp_path, capsys):
     "extra, message",
     [
         (["--context", "/no/such/file.txt", "What?"], "cannot read context file"),
-        (["--kv-budget", "0", "--context", "/dev/null", "What?"], "kv_budget_per_chunk"),
+        (["--kv-budget", "0", "--context", "/dev/null", "What?"], "kv_budget"),
     ],
 )
 def test_user_mistakes_exit_with_a_message(model_dir, extra, message, capsys):

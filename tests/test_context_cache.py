@@ -10,7 +10,7 @@ from parallelcomp_llm.context_cache import CacheStore, ContextCacheMismatchError
 from parallelcomp_llm.testing import count_prefills, text_of_tokens, tiny_engine
 
 DOCS = [text_of_tokens(300, seed=i) for i in range(5)]
-SETTINGS = dict(keep_chunks=2, kv_budget_per_chunk=48, chunk_batch_size=2)
+SETTINGS = dict(keep_chunks=2, kv_budget=96, chunk_batch_size=2)
 
 
 def test_answers_with_a_cache_equal_answers_without():

@@ -12,7 +12,7 @@ DOCS = [text_of_tokens(300, seed=i) for i in range(4)]
 
 @pytest.fixture(scope="module")
 def engine():
-    return tiny_engine("llama", keep_chunks=2, kv_budget_per_chunk=64)
+    return tiny_engine("llama", keep_chunks=2, kv_budget=128)
 
 
 def test_streaming_equals_non_streaming(engine):

@@ -28,7 +28,7 @@ def plain_greedy(engine: ParallelCompEngine, prompt_ids: list[int], new_tokens: 
 
 
 def test_one_chunk_matches_model_generate(architecture):
-    engine = tiny_engine(architecture, kv_budget_per_chunk=None)
+    engine = tiny_engine(architecture, kv_budget=None)
     context, question = text_of_tokens(300), "What is written?"
     answer = engine.generate(context, question, max_new_tokens=24)
     prompt = (
@@ -45,7 +45,7 @@ def test_one_chunk_matches_model_generate(architecture):
 
 def test_one_chunk_matches_without_chat_template(architecture):
     tokenizer = tiny_tokenizer(chat_template=False)
-    config = ParallelCompConfig(kv_budget_per_chunk=None, **SMALL_RESERVES)
+    config = ParallelCompConfig(kv_budget=None, **SMALL_RESERVES)
     engine = ParallelCompEngine(tiny_model(architecture, seed=3), tokenizer, config)
     engine._eos_ids.clear()
     context, question = text_of_tokens(200, seed=2), "Who?"
@@ -71,7 +71,7 @@ def test_complete_matches_model_generate():
 def test_batch_size_does_not_change_the_answer():
     context = [text_of_tokens(350, seed=s) for s in range(5)]
     answers = [
-        tiny_engine("llama", chunk_batch_size=size, keep_chunks=2, kv_budget_per_chunk=64).generate(
+        tiny_engine("llama", chunk_batch_size=size, keep_chunks=2, kv_budget=128).generate(
             context, "Which one?", max_new_tokens=12
         )
         for size in (1, 2, 5)

@@ -67,7 +67,7 @@ def test_long_context_is_refused_not_truncated(engine):
 @pytest.mark.parametrize(
     "settings",
     [
-        {"kv_budget_per_chunk": 0},
+        {"kv_budget": 0},
         {"chunk_tokens": -1},
         {"chunk_batch_size": 0},
         {"keep_chunks": 0},

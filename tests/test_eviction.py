@@ -1,4 +1,5 @@
-"""Chunk eviction keeps the configured count; KV eviction keeps exactly the configured budget."""
+"""Chunk eviction keeps the configured count; KV eviction keeps exactly the configured budget,
+shared by the kept chunks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from parallelcomp_llm.testing import text_of_tokens, tiny_engine
 
 @pytest.mark.parametrize("keep, budget", [(1, 16), (2, 40), (3, 100)])
 def test_kept_kv_is_prefix_plus_budget_per_kept_chunk(keep, budget):
-    engine = tiny_engine("mistral", keep_chunks=keep, kv_budget_per_chunk=budget)
+    engine = tiny_engine("mistral", keep_chunks=keep, kv_budget=keep * budget)
     docs = [text_of_tokens(300, seed=i) for i in range(5)]
     answer = engine.generate(docs, "Which one?", max_new_tokens=4)
     prefix = len(engine.prompts.prefix_ids)
@@ -20,8 +21,19 @@ def test_kept_kv_is_prefix_plus_budget_per_kept_chunk(keep, budget):
     assert answer.stats.kv_entries_kept == prefix + keep * budget
 
 
+@pytest.mark.parametrize("documents", [1, 2, 5])
+def test_kept_chunks_share_the_budget(documents):
+    engine = tiny_engine("mistral", keep_chunks=3, kv_budget=120)
+    docs = [text_of_tokens(300, seed=i) for i in range(documents)]
+    answer = engine.generate(docs, "Which one?", max_new_tokens=4)
+    assert answer.stats.chunks_total == documents
+    assert answer.stats.chunks_kept == min(documents, 3)
+    assert answer.stats.kv_entries_kept == len(engine.prompts.prefix_ids) + 120
+    assert engine.config.chunk_kv_budget(documents) == 120 // min(documents, 3)
+
+
 def test_fraction_and_no_eviction():
-    engine = tiny_engine("qwen2", keep_chunks=0.5, kv_budget_per_chunk=None)
+    engine = tiny_engine("qwen2", keep_chunks=0.5, kv_budget=None)
     docs = [text_of_tokens(300, seed=i) for i in range(6)]
     answer = engine.generate(docs, "Which one?", max_new_tokens=4)
     assert answer.stats.chunks_kept == 3
@@ -30,7 +42,7 @@ def test_fraction_and_no_eviction():
 
 
 def test_without_prefix_dedup_each_kept_chunk_brings_its_prefix():
-    engine = tiny_engine("llama", keep_chunks=2, kv_budget_per_chunk=50, dedupe_prefix=False)
+    engine = tiny_engine("llama", keep_chunks=2, kv_budget=100, dedupe_prefix=False)
     answer = engine.generate(
         [text_of_tokens(300, seed=i) for i in range(4)], "Q?", max_new_tokens=2
     )
@@ -57,7 +69,7 @@ def test_token_selection_follows_pooled_scores():
 
 
 def test_attention_scoring_ranks_and_keeps():
-    engine = tiny_engine("llama", keep_chunks=2, chunk_scoring="attention", kv_budget_per_chunk=64)
+    engine = tiny_engine("llama", keep_chunks=2, chunk_scoring="attention", kv_budget=128)
     answer = engine.generate(
         [text_of_tokens(300, seed=i) for i in range(4)], "Q?", max_new_tokens=2
     )

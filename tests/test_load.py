@@ -24,7 +24,7 @@ def requests() -> list[tuple[str, int, str, int]]:
 
 
 def test_64_concurrent_requests_each_get_the_answer_they_get_alone():
-    engine = tiny_engine("qwen2", keep_chunks=2, kv_budget_per_chunk=64, max_waiting_requests=64)
+    engine = tiny_engine("qwen2", keep_chunks=2, kv_budget=128, max_waiting_requests=64)
     chat = ChatParallelComp(engine=engine, max_tokens=12)
     llm = ParallelCompLLM(engine=engine, max_tokens=12)
 

@@ -23,7 +23,7 @@ from parallelcomp_llm import (
 from parallelcomp_llm.testing import ModelPause, text_of_tokens, tiny_engine
 
 DOCS = [text_of_tokens(300, seed=i) for i in range(4)]
-SETTINGS = dict(keep_chunks=2, kv_budget_per_chunk=48)
+SETTINGS = dict(keep_chunks=2, kv_budget=96)
 
 
 def test_threads_sharing_an_engine_each_get_their_own_answer():
@@ -162,7 +162,7 @@ def test_random_settings_build_a_working_engine_or_refuse(
             "llama",
             chunk_tokens=chunk_tokens,
             keep_chunks=keep_chunks,
-            kv_budget_per_chunk=kv_budget,
+            kv_budget=kv_budget,
             pooling_kernel=pooling_kernel,
             observation_window=window,
         )

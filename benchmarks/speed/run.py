@@ -652,7 +652,7 @@ def main() -> None:
                     "question_reserve_tokens": 80,
                     "answer_reserve_tokens": 32,
                     "keep_chunks": 1,
-                    "kv_budget_per_chunk": 128,
+                    "kv_budget": 128,
                 }
             for field in NO_REUSE:  # measure encoding every time: no reuse of encoded contexts
                 if field in ParallelCompConfig.model_fields:
