@@ -31,10 +31,6 @@ class Item:
     max_new_tokens: int
     depth: float | None = None
 
-    @property
-    def key(self) -> str:
-        return f"{self.suite}/{self.task}/{self.length}/{self.seed}/{self.index}"
-
 
 @dataclass(frozen=True)
 class MethodOutput:
