@@ -146,7 +146,9 @@ class ParallelCompEngine:
             + config.answer_reserve_tokens
         )
         room = self.native_window - overhead
-        chunk_tokens = config.chunk_tokens or room
+        chunk_tokens = config.chunk_tokens or min(
+            room, max(16, int(room * config.chunk_room_fraction))
+        )
         if chunk_tokens > room or chunk_tokens < 16:
             raise InvalidConfigError(
                 f"chunk_tokens={chunk_tokens} does not fit the trained window of "

@@ -25,7 +25,13 @@ from transformers import (
 )
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
-SMALL_RESERVES = {"question_reserve_tokens": 48, "answer_reserve_tokens": 32}
+# Small reserves for the 512-token window, and chunks that fill the whole room, so that a test's
+# text length sets its chunk count.
+TINY_SETTINGS = {
+    "question_reserve_tokens": 48,
+    "answer_reserve_tokens": 32,
+    "chunk_room_fraction": 1.0,
+}
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 _CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
@@ -95,7 +101,7 @@ def tiny_engine(architecture: str = "llama", window: int = 512, seed: int = 0, *
     from .config import ParallelCompConfig
     from .engine import ParallelCompEngine
 
-    config = ParallelCompConfig(**(SMALL_RESERVES | settings))
+    config = ParallelCompConfig(**(TINY_SETTINGS | settings))
     return ParallelCompEngine(
         tiny_model(architecture, window=window, seed=seed), tiny_tokenizer(), config
     )

@@ -72,3 +72,10 @@ def test_document_boundaries_are_chunk_boundaries_when_they_fit(documents):
     docs = [text_of_tokens(300, seed=i) for i in range(documents)]
     answer = engine.generate(docs, "Which?", max_new_tokens=4)
     assert [c.documents for c in answer.stats.chunks] == [(i,) for i in range(documents)]
+
+
+def test_default_chunks_fill_a_share_of_the_room():
+    whole = tiny_engine("llama").config.chunk_tokens  # the test settings fill the whole room
+    assert tiny_engine("llama", chunk_room_fraction=0.25).config.chunk_tokens == whole // 4
+    assert tiny_engine("llama", chunk_room_fraction=0.01).config.chunk_tokens == 16
+    assert tiny_engine("llama", chunk_tokens=100).config.chunk_tokens == 100

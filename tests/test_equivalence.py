@@ -8,7 +8,7 @@ from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
 from parallelcomp_llm.attention import AttentionProbe
 from parallelcomp_llm.prefill import prefill_rows, question_pass
 from parallelcomp_llm.testing import (
-    SMALL_RESERVES,
+    TINY_SETTINGS,
     text_of_tokens,
     tiny_engine,
     tiny_model,
@@ -45,7 +45,7 @@ def test_one_chunk_matches_model_generate(architecture):
 
 def test_one_chunk_matches_without_chat_template(architecture):
     tokenizer = tiny_tokenizer(chat_template=False)
-    config = ParallelCompConfig(kv_budget=None, **SMALL_RESERVES)
+    config = ParallelCompConfig(kv_budget=None, **TINY_SETTINGS)
     engine = ParallelCompEngine(tiny_model(architecture, seed=3), tokenizer, config)
     engine._eos_ids.clear()
     context, question = text_of_tokens(200, seed=2), "Who?"

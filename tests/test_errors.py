@@ -69,6 +69,8 @@ def test_long_context_is_refused_not_truncated(engine):
     [
         {"kv_budget": 0},
         {"chunk_tokens": -1},
+        {"chunk_room_fraction": 0.0},
+        {"chunk_room_fraction": 1.5},
         {"chunk_batch_size": 0},
         {"keep_chunks": 0},
         {"keep_chunks": 1.5},

@@ -21,7 +21,13 @@ from .sink_window import SinkWindowMethod
 # Every item is a new context: keeping encoded contexts for reuse would only hold memory (and
 # count it in later items' peaks).
 _NO_CONTEXT_REUSE = {"context_cache_device_fraction": 0.0, "context_cache_host_fraction": 0.0}
-_NO_EVICTION = {"keep_chunks": 1.0, "kv_budget": None, "calibration_layers": None}
+# parallel context windows: every chunk fills the room the trained window leaves, all are kept
+_NO_EVICTION = {
+    "chunk_room_fraction": 1.0,
+    "keep_chunks": 1.0,
+    "kv_budget": None,
+    "calibration_layers": None,
+}
 
 
 class EngineMethod:

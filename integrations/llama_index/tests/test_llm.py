@@ -16,7 +16,7 @@ from parallelcomp_llm import (
     ParallelCompEngine,
     ParallelCompError,
 )
-from parallelcomp_llm.testing import SMALL_RESERVES, text_of_tokens, tiny_model, tiny_tokenizer
+from parallelcomp_llm.testing import TINY_SETTINGS, text_of_tokens, tiny_model, tiny_tokenizer
 
 PROMPT = "Once upon a time"
 DOCUMENTS = [text_of_tokens(300, seed=1), text_of_tokens(300, seed=2), text_of_tokens(300, seed=3)]
@@ -40,7 +40,7 @@ def test_metadata_reports_the_extrapolated_window(engine):
 
 def test_a_model_without_chat_template_is_not_a_chat_model():
     engine = ParallelCompEngine(
-        tiny_model(), tiny_tokenizer(chat_template=False), ParallelCompConfig(**SMALL_RESERVES)
+        tiny_model(), tiny_tokenizer(chat_template=False), ParallelCompConfig(**TINY_SETTINGS)
     )
     assert ParallelCompLLM(engine=engine).metadata.is_chat_model is False
 
