@@ -22,17 +22,19 @@ class ParallelCompConfig(BaseModel):
     chunk_tokens: int | None = Field(
         None,
         ge=16,
-        description="Context tokens per chunk. Default: `chunk_room_fraction` of the room that "
-        "the trained window leaves beside the prompt template, `question_reserve_tokens` and "
-        "`answer_reserve_tokens` (at least 16 tokens).",
+        description="Context tokens per chunk. Default: a context that fits the room the trained "
+        "window leaves beside the prompt template, `question_reserve_tokens` and "
+        "`answer_reserve_tokens` is one chunk; a longer one is split into chunks of "
+        "`chunk_room_fraction` of that room (at least 16 tokens).",
     )
     chunk_room_fraction: float = Field(
         0.25,
         gt=0.0,
         le=1.0,
-        description="Share of that room a chunk fills when `chunk_tokens` is None. A quarter, not "
-        "all of it, because the default model finds needles far more often in chunks of a quarter "
-        "of its window (1,914 tokens for SmolLM2's 8K): see benchmarks/results/tuning/.",
+        description="Share of that room a chunk fills when `chunk_tokens` is None and the context "
+        "does not fit in one chunk. A quarter, not all of it, because the default model finds "
+        "needles far more often in chunks of a quarter of its window (1,914 tokens for SmolLM2's "
+        "8K): see benchmarks/results/tuning/.",
     )
     question_reserve_tokens: int = Field(
         256, ge=1, description="Longest question (with its template) a chunk leaves room for."

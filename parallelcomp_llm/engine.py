@@ -166,6 +166,8 @@ class ParallelCompEngine:
             }
         )
         self._separator_ids = self.prompts.encode(config.document_separator)
+        self._one_chunk_room = room if config.chunk_tokens is None else None
+        """With the default chunk size: a context that fits this room stays one chunk."""
         self.model_key = self._model_key()
         """Identity of the model and of the settings that shape encoded chunks."""
         self._store = CacheStore(
@@ -403,8 +405,18 @@ class ParallelCompEngine:
                 f"context has {context_tokens} tokens, more than max_context_tokens="
                 f"{self.config.max_context_tokens}; raise the limit or pass less text"
             )
-        chunks = split_into_chunks(documents, self.config.chunk_tokens, self._separator_ids)
-        return _Encoding(chunks, context_tokens, digest(self.model_key, documents), None)
+        return _Encoding(
+            self._split(documents), context_tokens, digest(self.model_key, documents), None
+        )
+
+    def _split(self, documents: list[list[int]]) -> list[Chunk]:
+        """Chunks of the tokenized documents: one chunk when they fit the room the trained window
+        leaves and the chunk size is the default one, else chunks of `chunk_tokens`."""
+        if self._one_chunk_room is not None:
+            whole = split_into_chunks(documents, self._one_chunk_room, self._separator_ids)
+            if len(whole) <= 1:
+                return whole
+        return split_into_chunks(documents, self.config.chunk_tokens, self._separator_ids)
 
     def _prepare(
         self, encoding: _Encoding, question: str, options: DecodeOptions, progress: bool
@@ -434,6 +446,7 @@ class ParallelCompEngine:
             sample,
             str(parameters[0].dtype),
             self.config.chunk_tokens,
+            self._one_chunk_room,
             self.prompts.prefix_ids,
             self._separator_ids,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -74,8 +76,20 @@ def test_document_boundaries_are_chunk_boundaries_when_they_fit(documents):
     assert [c.documents for c in answer.stats.chunks] == [(i,) for i in range(documents)]
 
 
-def test_default_chunks_fill_a_share_of_the_room():
+def test_default_chunks_fill_a_share_of_the_room_when_the_context_does_not_fit():
     whole = tiny_engine("llama").config.chunk_tokens  # the test settings fill the whole room
-    assert tiny_engine("llama", chunk_room_fraction=0.25).config.chunk_tokens == whole // 4
+    engine = tiny_engine("llama", chunk_room_fraction=0.25)
+    assert engine.config.chunk_tokens == whole // 4
     assert tiny_engine("llama", chunk_room_fraction=0.01).config.chunk_tokens == 16
-    assert tiny_engine("llama", chunk_tokens=100).config.chunk_tokens == 100
+
+    def chunk_sizes(engine, tokens: int) -> list[int]:
+        return [len(chunk) for chunk in engine.encode(text_of_tokens(tokens)).chunks]
+
+    quarter = whole // 4
+    assert chunk_sizes(engine, whole) == [whole]
+    for sizes, tokens in (
+        (chunk_sizes(engine, whole + 1), whole + 1),
+        (chunk_sizes(tiny_engine("llama", chunk_tokens=quarter), whole), whole),
+    ):
+        assert len(sizes) == math.ceil(tokens / quarter) == 5
+        assert max(sizes) <= quarter and sum(sizes) == tokens

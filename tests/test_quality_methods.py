@@ -102,7 +102,7 @@ def test_prompt_is_the_engines(methods):
 
 
 def test_every_method_agrees_when_the_prompt_fits(methods):
-    item = make_item(100)
+    item = make_item(300)
     outputs, fed = {}, {}
     for name, method in methods.items():
         outputs[name], inputs = arguments_seen(
