@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -218,7 +219,7 @@ def _heat_map_plot(records: list[dict], path: Path) -> None:
         axis.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
         axis.set_xlabel("context length")
         axis.set_ylabel("needle depth")
-        axis.set_title(method)
+        axis.set_title(textwrap.fill(method.replace(",", ", "), 34), fontsize=10)
     figure.colorbar(image, ax=axes[0].tolist(), label="score")
     figure.savefig(path, dpi=120)
     plt.close(figure)
