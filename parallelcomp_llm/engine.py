@@ -166,8 +166,9 @@ class ParallelCompEngine:
             }
         )
         self._separator_ids = self.prompts.encode(config.document_separator)
-        self._one_chunk_room = room if config.chunk_tokens is None else None
-        """With the default chunk size: a context that fits this room stays one chunk."""
+        self._one_chunk_room = room if config.chunk_tokens is None and chunk_tokens < room else None
+        """With default chunks smaller than the room: a context that fits the room stays one
+        chunk."""
         self.model_key = self._model_key()
         """Identity of the model and of the settings that shape encoded chunks."""
         self._store = CacheStore(
@@ -406,13 +407,16 @@ class ParallelCompEngine:
                 f"{self.config.max_context_tokens}; raise the limit or pass less text"
             )
         return _Encoding(
-            self._split(documents), context_tokens, digest(self.model_key, documents), None
+            self._split(documents, context_tokens),
+            context_tokens,
+            digest(self.model_key, documents),
+            None,
         )
 
-    def _split(self, documents: list[list[int]]) -> list[Chunk]:
+    def _split(self, documents: list[list[int]], context_tokens: int) -> list[Chunk]:
         """Chunks of the tokenized documents: one chunk when they fit the room the trained window
         leaves and the chunk size is the default one, else chunks of `chunk_tokens`."""
-        if self._one_chunk_room is not None:
+        if self._one_chunk_room is not None and context_tokens <= self._one_chunk_room:
             whole = split_into_chunks(documents, self._one_chunk_room, self._separator_ids)
             if len(whole) <= 1:
                 return whole
