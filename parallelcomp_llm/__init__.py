@@ -1,9 +1,10 @@
 """parallelcomp-llm: training-free ParallelComp long-context inference over transformers models."""
 
-from .answer import Answer, AnswerStats, AnswerStream, ChunkInfo
+from .answer import Answer, AnswerStats, ChunkInfo
 from .config import ParallelCompConfig
 from .context_cache import ContextCache, ContextCacheMismatchError
-from .engine import GenerationOptions, ParallelCompEngine
+from .decode_settings import DecodeSettings
+from .engine import ParallelCompEngine
 from .errors import (
     ContextTooLongError,
     DeviceMemoryError,
@@ -15,6 +16,10 @@ from .errors import (
     RequestTimeoutError,
     UnsupportedModelError,
 )
+from .streams import AnswerStream
+from .tracing import StageObserver
+
+__version__ = "0.1.0"
 
 __all__ = [
     "Answer",
@@ -24,9 +29,9 @@ __all__ = [
     "ContextCache",
     "ContextCacheMismatchError",
     "ContextTooLongError",
+    "DecodeSettings",
     "DeviceMemoryError",
     "EngineBusyError",
-    "GenerationOptions",
     "InvalidConfigError",
     "InvalidInputError",
     "ModelDownloadError",
@@ -34,5 +39,6 @@ __all__ = [
     "ParallelCompEngine",
     "ParallelCompError",
     "RequestTimeoutError",
+    "StageObserver",
     "UnsupportedModelError",
 ]

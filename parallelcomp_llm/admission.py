@@ -6,11 +6,12 @@ This module decides who runs next; `scheduler` runs them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Hashable
 from typing import Generic, Protocol, TypeVar
 
-from .errors import EngineBusyError
+from .errors import EngineBusyError, InvalidInputError
 
 
 class Deadline:
@@ -19,6 +20,22 @@ class Deadline:
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self.end = None if seconds is None else time.monotonic() + seconds
+
+    @classmethod
+    def within(cls, timeout_s: float | None, limit_s: float | None) -> Deadline:
+        """A caller's `timeout_s` (a positive number of seconds, or None), at most `limit_s`;
+        `InvalidInputError` for anything else."""
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool)
+            or not isinstance(timeout_s, int | float)
+            or not math.isfinite(timeout_s)
+            or timeout_s <= 0
+        ):
+            raise InvalidInputError(
+                f"timeout_s must be a positive number of seconds, got {timeout_s!r}"
+            )
+        limits = [seconds for seconds in (timeout_s, limit_s) if seconds is not None]
+        return cls(min(limits) if limits else None)
 
     def remaining(self) -> float | None:
         return None if self.end is None else max(0.0, self.end - time.monotonic())

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from .scheduler import RowEvents
+from typing import Literal
 
 
 @dataclass(frozen=True)
 class ChunkInfo:
-    """One chunk of the context: the documents it holds, its relevance score, whether it was kept."""
+    """One chunk of the context: the documents it holds, its relevance to the question (higher
+    is more relevant; None when chunks were not ranked), whether it was kept."""
 
     documents: tuple[int, ...]
     tokens: int
-    score: float | None
+    relevance: float | None
     kept: bool
 
 
@@ -24,15 +21,14 @@ class ChunkInfo:
 class AnswerStats:
     """What a request cost and what it kept.
 
-    `score_kind` says how to read `ChunkInfo.score`: 'nll' (lower is more relevant), 'attention'
-    (higher is more relevant) or None when chunks were not scored (all kept). `kv_entries_kept`
-    counts the merged KV entries per layer and KV head the answer was decoded over.
-    `context_cache_hit` is True when the context's encoded chunks were reused (then
-    `chunks_prefilled` is 0). `batch_size` counts the questions answered in one batch with this
-    one, itself included (the questions of one `generate_batch`, and other callers' questions over
-    the same context); they share the chunk prefill, which the first of them counts in
-    `chunks_prefilled`. `peak_memory_bytes`: on CUDA the peak allocated during the request's
-    batch, on CPU the peak resident set size of the process so far.
+    `scorer` names the chunk scorer whose relevance `ChunkInfo.relevance` holds, None when the
+    chunks were not ranked (all kept). `kv_entries_kept` counts the merged KV entries per layer
+    and KV head the answer was decoded over. `context_cache_hit` is True when the context's
+    encoded chunks were reused (then `chunks_prefilled` is 0). `batch_size` counts the questions
+    answered in one batch with this one, itself included (the questions of one `generate_batch`,
+    and other callers' questions over the same context); they share the chunk prefill, which the
+    first of them counts in `chunks_prefilled`. `peak_memory_bytes`: on CUDA the peak allocated
+    during the request's batch, on CPU the peak resident set size of the process so far.
     """
 
     context_tokens: int = 0
@@ -47,7 +43,7 @@ class AnswerStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     peak_memory_bytes: int = 0
-    score_kind: Literal["nll", "attention"] | None = None
+    scorer: str | None = None
     chunks: list[ChunkInfo] = field(default_factory=list)
 
     @property
@@ -64,35 +60,3 @@ class Answer:
     token_ids: list[int]
     finish_reason: Literal["stop", "length"]
     stats: AnswerStats
-
-
-class AnswerStream(Iterator[str]):
-    """Iterator of text deltas; `answer` holds the full `Answer` once the stream is exhausted.
-
-    Each stream has its own queue of events, so streams read at different paces do not hold one
-    another up. `close()`, or dropping the stream, cancels the request.
-    """
-
-    def __init__(self, events: RowEvents) -> None:
-        self._events = events
-        self.answer: Answer | None = None
-
-    def __iter__(self) -> AnswerStream:
-        return self
-
-    def __next__(self) -> str:
-        for event in self._events:
-            if isinstance(event, Answer):
-                self.answer = event
-                continue
-            return event
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop generating; return once the model no longer works for this request."""
-        self._events.close()
-
-    def cancel(self) -> None:
-        """Stop generating without waiting for the model to let the request go (at its next step
-        at the latest): for code that must not block, such as an event loop."""
-        self._events.close(wait=False)

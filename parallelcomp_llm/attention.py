@@ -5,9 +5,10 @@ The engine switches the model to an attention implementation registered here
 same name unchanged, and, while an `AttentionProbe` is active in the calling thread:
 
 - records the attention of the last `window` queries over all keys, summed over those queries and
-  averaged over the query heads of each KV group (the SnapKV statistic), per layer;
-- in calibration layers, finds the KV entries that draw excessive attention from the queries and
-  masks them out for this pass and every later pass of the request.
+  averaged over the query heads of each KV group (the SnapKV statistic), per layer, for each
+  observation window a stage asked for;
+- in the calibrator's layers, has it name the KV entries that draw excessive attention from the
+  queries, and masks them out for this pass and every later pass of the request.
 
 Only `window x keys` scores are computed explicitly, never the full attention matrix.
 """
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .stages.calibration import Calibrator
 
 BASE_KERNELS = ("sdpa", "flash_attention_2")
 _ACTIVE_PROBE: contextvars.ContextVar[AttentionProbe | None] = contextvars.ContextVar(
@@ -35,16 +39,16 @@ def implementation_name(base: str) -> str:
 
 
 class AttentionProbe:
-    """What one forward pass should record or change in attention (one per request phase)."""
+    """What one forward pass should record or change in attention (one per request phase).
 
-    def __init__(
-        self,
-        window: int | None = None,
-        calibration: CalibrationRule | None = None,
-    ) -> None:
-        self.window = window
+    `window_scores[window][layer]` (rows, kv_heads, keys) holds the attention of the last
+    `window` queries for each window in `windows` (each at most the pass's query count).
+    """
+
+    def __init__(self, windows: Iterable[int] = (), calibration: Calibration | None = None) -> None:
+        self.windows = sorted(set(windows))
         self.calibration = calibration
-        self.window_scores: dict[int, torch.Tensor] = {}
+        self.window_scores: dict[int, dict[int, torch.Tensor]] = {w: {} for w in self.windows}
         self.keep_masks: dict[int, torch.Tensor] = {}
 
     def observe(
@@ -56,36 +60,38 @@ class AttentionProbe:
         scaling: float,
     ) -> torch.Tensor | None:
         """Record statistics of this layer's attention; return the mask the kernel should use."""
-        if self.window is not None:
-            self.window_scores[layer] = _grouped_attention(
-                query[:, :, -self.window :], key, attention_mask, scaling
-            ).sum(dim=2)
-        if self.calibration is not None and layer in self.calibration.layers:
+        if self.windows:
+            widest = self.windows[-1]
+            weights = _grouped_attention(query[:, :, -widest:], key, attention_mask, scaling)
+            for window in self.windows:
+                self.window_scores[window][layer] = weights[:, :, -window:].sum(dim=2)
+        calibration = self.calibration
+        if calibration is not None and layer in calibration.calibrator.layer_range:
             if layer not in self.keep_masks:
                 weights = _grouped_attention(query, key, attention_mask, scaling)
-                self.keep_masks[layer] = self.calibration.keep_mask(layer, weights.mean(dim=2))
+                self.keep_masks[layer] = calibration.keep_mask(layer, weights.mean(dim=2))
             attention_mask = _apply_keep_mask(attention_mask, self.keep_masks[layer], query, key)
         return attention_mask
 
 
-class CalibrationRule:
-    """Which KV entries of which layers may be evicted as attention-bias tokens."""
+@dataclass
+class Calibration:
+    """A calibrator bound to the merged KV of one final pass: per calibrated layer, each merged
+    entry's offset in its chunk's context and that chunk's length (rows, kv_heads, entries;
+    offset -1 for the template prefix and padding)."""
 
-    def __init__(
-        self, layers: range, candidates: dict[int, torch.Tensor], threshold: float
-    ) -> None:
-        self.layers = layers
-        self.candidates = candidates
-        self.threshold = threshold
+    calibrator: Calibrator
+    offsets: dict[int, torch.Tensor] = field(default_factory=dict)
+    lengths: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def keep_mask(self, layer: int, attention: torch.Tensor) -> torch.Tensor:
-        """`attention` (1, kv_heads, keys): mean attention of the queries. Returns a keep mask."""
-        candidates = self.candidates[layer]
-        merged = candidates.shape[-1]
-        share = self.threshold / attention.shape[-1]
-        biased = (attention[..., :merged] > share) & candidates.to(attention.device)
+        """`attention` (rows, kv_heads, keys): mean attention of the queries. Returns a keep
+        mask over the keys."""
+        offsets = self.offsets[layer].to(attention.device)
+        lengths = self.lengths[layer].to(attention.device)
+        biased = self.calibrator.biased(attention, offsets, lengths)
         keep = torch.ones_like(attention, dtype=torch.bool)
-        keep[..., :merged] = ~biased
+        keep[..., : offsets.shape[-1]] = ~biased
         return keep
 
 

@@ -1,5 +1,6 @@
-"""Splitting tokenized documents into chunks that fit the model's trained window.
+"""The chunk plan: how large chunks are, and how tokenized documents are cut into them.
 
+Chunks fit the model's trained window beside the prompt template, the question and the answer.
 Small documents are packed together (with a separator) and large ones are split into pieces of
 equal size, so that chunks are comparable when they are ranked. Every context token lands in
 exactly one chunk, in order.
@@ -9,6 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import InvalidConfigError
+
+if TYPE_CHECKING:
+    from .config import ParallelCompConfig
+
+MIN_CHUNK_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -78,3 +87,52 @@ def split_into_chunks(
     if current.token_ids:
         chunks.append(current)
     return chunks
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How a model's contexts are cut: each chunk holds at most `chunk_tokens` context tokens.
+
+    `room` is what the trained window leaves beside the prompt template and the question and
+    answer reserves. With the default chunk size (`chunk_room_fraction` of the room), a context
+    that fits the room stays one chunk (`one_chunk_room`); a longer one is cut into chunks of
+    `chunk_tokens`.
+    """
+
+    room: int
+    chunk_tokens: int
+    one_chunk_room: int | None
+    separator_ids: list[int]
+
+    @classmethod
+    def for_window(
+        cls,
+        window: int,
+        prefix_tokens: int,
+        config: ParallelCompConfig,
+        separator_ids: list[int],
+    ) -> ChunkPlan:
+        """The plan for a trained window of `window` tokens and a template prefix of
+        `prefix_tokens`; `InvalidConfigError` when the chunk size does not fit."""
+        room = window - prefix_tokens - config.question_reserve_tokens
+        room -= config.answer_reserve_tokens
+        chunk_tokens = config.chunk_tokens or min(
+            room, max(MIN_CHUNK_TOKENS, int(room * config.chunk_room_fraction))
+        )
+        if chunk_tokens > room or chunk_tokens < MIN_CHUNK_TOKENS:
+            raise InvalidConfigError(
+                f"chunk_tokens={chunk_tokens} does not fit the trained window of {window} tokens "
+                f"with the prompt template ({prefix_tokens}), question_reserve_tokens "
+                f"({config.question_reserve_tokens}) and answer_reserve_tokens "
+                f"({config.answer_reserve_tokens}): at most {room}"
+            )
+        one_chunk = room if config.chunk_tokens is None and chunk_tokens < room else None
+        return cls(room, chunk_tokens, one_chunk, list(separator_ids))
+
+    def split(self, documents: list[list[int]]) -> list[Chunk]:
+        """The chunks of tokenized `documents` under this plan."""
+        if self.one_chunk_room is not None and sum(map(len, documents)) <= self.one_chunk_room:
+            whole = split_into_chunks(documents, self.one_chunk_room, self.separator_ids)
+            if len(whole) <= 1:
+                return whole
+        return split_into_chunks(documents, self.chunk_tokens, self.separator_ids)

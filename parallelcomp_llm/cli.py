@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .decode_settings import DecodeSettings
 from .errors import InvalidInputError, ParallelCompError
 
 
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=None)
     ask.add_argument("--temperature", type=float, default=0.0)
     ask.add_argument("--top-p", type=float, default=1.0)
+    ask.add_argument("--top-k", type=int, default=None)
     ask.add_argument("--seed", type=int, default=None)
     ask.add_argument("--stop", action="append", default=None, help="stop string; repeatable")
     ask.add_argument("--keep-chunks", type=float, default=None, help="count (>= 1) or fraction")
@@ -79,22 +81,21 @@ def _overrides(args: argparse.Namespace) -> dict:
 def _ask(args: argparse.Namespace) -> None:
     from .engine import ParallelCompEngine
 
+    settings = DecodeSettings(
+        max_new_tokens=args.max_new_tokens,
+        stop=args.stop,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
     documents = [_read_context(path) for path in args.context]
     overrides = _overrides(args)
     if args.model:
         engine = ParallelCompEngine.from_pretrained(args.model, **overrides)
     else:
         engine = ParallelCompEngine.default(**overrides)
-    stream = engine.stream(
-        documents,
-        args.question,
-        max_new_tokens=args.max_new_tokens,
-        stop=args.stop,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        progress=True,
-    )
+    stream = engine.stream(documents, args.question, settings, progress=True)
     for delta in stream:
         sys.stdout.write(delta)
         sys.stdout.flush()

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from .errors import InvalidConfigError
+from .errors import CheckedModel
+from .stages.budget import KeepChunks, KVBudget
+from .stages.calibration import BiasThreshold, LayerRange, Region, RegionTokens
+from .stages.scoring import SCORERS
+from .stages.selection import SELECTORS, ObservationWindow, PoolingKernel
 
 
-class ParallelCompConfig(BaseModel):
-    """Settings of a `ParallelCompEngine`.
+class ParallelCompConfig(CheckedModel):
+    """Settings of a `ParallelCompEngine`, and of the stages it builds from them
+    (`parallelcomp_llm.stages`).
 
     Sizes are in tokens of the model's own tokenizer. Settings left as ``None`` are derived from
     the model when the engine is built (see `ParallelCompEngine.config`, which holds the resolved
-    values). Out-of-range values raise `InvalidConfigError`.
+    values). Out-of-range values raise `InvalidConfigError`. The bounds of stage parameters are
+    those of the stage classes.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,48 +51,50 @@ class ParallelCompConfig(BaseModel):
     chunk_batch_size: int | None = Field(
         None, ge=1, description="Chunks per forward pass. Default: chosen from free memory."
     )
-    keep_chunks: int | float = Field(
+    keep_chunks: KeepChunks = Field(
         3,
         description="Chunks kept after scoring: a count (int >= 1) or a fraction of all chunks "
         "(float in (0, 1]).",
     )
-    chunk_scoring: Literal["nll", "attention"] = Field(
+    chunk_scoring: str = Field(
         "nll",
-        description="How chunks are ranked: the question's mean negative log-likelihood given "
-        "the chunk ('nll'), or the question's attention mass on the chunk ('attention').",
+        description="The registered `ChunkScorer` that ranks chunks: 'nll' (the question's "
+        "likelihood given the chunk) or 'attention' (the question's attention mass on it).",
     )
-    kv_budget: int | None = Field(
+    kv_selection: str = Field(
+        "snapkv",
+        description="The registered `KVSelector` that picks the KV entries kept inside each "
+        "chunk: 'snapkv' (attention of the last question tokens, max-pooled).",
+    )
+    kv_budget: KVBudget = Field(
         3072,
-        ge=1,
         description="KV entries per layer and KV head that the answer is decoded over, shared "
         "evenly by the kept chunks, each evicted to its share (SnapKV-style): 1024 a chunk when "
         "3 are kept, all 3072 when the context is one chunk. None keeps every entry of the kept "
         "chunks. Chosen from RULER runs: see benchmarks/results/tuning/.",
     )
-    observation_window: int = Field(
+    observation_window: ObservationWindow = Field(
         32,
-        ge=1,
         description="Last question tokens whose attention scores the KV entries (all of them when "
         "the question block is shorter). 32 rather than 8, so that the question's own words vote, "
         "not only the chat template's closing tokens: see benchmarks/results/tuning/.",
     )
-    pooling_kernel: int = Field(
-        15, ge=1, description="Width of the max-pooling over token scores (odd)."
+    pooling_kernel: PoolingKernel = Field(
+        15, description="Width of the max-pooling over token scores (odd)."
     )
-    calibration_layers: tuple[int, int] | None = Field(
+    calibration_layers: LayerRange | None = Field(
         None,
         description="Inclusive layer range [first, last] where attention-bias tokens are "
         "evicted; None switches calibration off.",
     )
-    calibration_region: Literal["sink", "recent", "middle", "all"] = Field(
+    calibration_region: Region = Field(
         "all", description="Where in each chunk bias tokens may be evicted."
     )
-    calibration_region_tokens: int = Field(
-        100, ge=1, description="Size of the 'sink' and 'recent' regions of a chunk."
+    calibration_region_tokens: RegionTokens = Field(
+        100, description="Size of the 'sink' and 'recent' regions of a chunk."
     )
-    calibration_threshold: float = Field(
+    calibration_threshold: BiasThreshold = Field(
         10.0,
-        gt=1.0,
         description="A KV entry is a bias token when the question's mean attention to it exceeds "
         "this multiple of the uniform share (1 / number of entries).",
     )
@@ -130,6 +138,7 @@ class ParallelCompConfig(BaseModel):
     request_timeout_s: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="Longest a request may wait and run, in seconds; then RequestTimeoutError.",
     )
     max_new_tokens_limit: int | None = Field(
@@ -150,40 +159,21 @@ class ParallelCompConfig(BaseModel):
         "\n\n", description="Text put between documents packed into one chunk."
     )
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as error:
-            raise InvalidConfigError(f"invalid ParallelCompConfig: {error}") from None
+    @field_validator("chunk_scoring")
+    @classmethod
+    def _registered_scorer(cls, name: str) -> str:
+        SCORERS.get(name)
+        return name
 
-    @model_validator(mode="after")
-    def _check_relations(self) -> ParallelCompConfig:
-        keep = self.keep_chunks
-        if isinstance(keep, bool) or (isinstance(keep, int) and keep < 1):
-            raise ValueError("keep_chunks must be an int >= 1 or a float in (0, 1]")
-        if isinstance(keep, float) and not 0.0 < keep <= 1.0:
-            raise ValueError("keep_chunks as a fraction must be in (0, 1]")
-        if self.pooling_kernel % 2 == 0:
-            raise ValueError("pooling_kernel must be odd")
-        if self.calibration_layers is not None:
-            first, last = self.calibration_layers
-            if first < 0 or last < first:
-                raise ValueError("calibration_layers must be (first, last) with 0 <= first <= last")
-        if self.device != "auto" and not (
-            self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")
-        ):
+    @field_validator("kv_selection")
+    @classmethod
+    def _registered_selector(cls, name: str) -> str:
+        SELECTORS.get(name)
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
             raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        return self
-
-    def chunks_to_keep(self, total: int) -> int:
-        """How many of `total` chunks survive chunk eviction."""
-        if isinstance(self.keep_chunks, float):
-            return max(1, min(total, round(self.keep_chunks * total)))
-        return min(total, self.keep_chunks)
-
-    def chunk_kv_budget(self, total: int) -> int | None:
-        """KV entries each kept chunk keeps (per layer and KV head) when the context has `total`
-        chunks: its share of `kv_budget`; None keeps them all."""
-        if self.kv_budget is None:
-            return None
-        return max(1, self.kv_budget // self.chunks_to_keep(total))
+        return device

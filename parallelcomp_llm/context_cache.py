@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
 
-from .chunking import Chunk, Span
+from .chunking import Chunk, ChunkPlan, Span
 from .errors import InvalidInputError
 from .prefill import EncodedBatch
 
@@ -32,6 +33,24 @@ class ContextCacheMismatchError(InvalidInputError):
 def digest(*parts: object) -> str:
     """Hex sha256 of the JSON form of `parts`."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def model_key(model: PreTrainedModel, plan: ChunkPlan, prefix_ids: list[int]) -> str:
+    """The identity of a model and of the settings that shape its encoded chunks: its config, a
+    sample of its weights, its dtype, the chunk plan and the prompt prefix."""
+    parameters = list(model.parameters())
+    sample = [
+        float(p.detach().flatten()[:4096].double().sum()) for p in (parameters[0], parameters[-1])
+    ]
+    return digest(
+        model.config.to_json_string(),
+        sample,
+        str(parameters[0].dtype),
+        plan.chunk_tokens,
+        plan.one_chunk_room,
+        prefix_ids,
+        plan.separator_ids,
+    )
 
 
 @dataclass

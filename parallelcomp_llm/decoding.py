@@ -1,4 +1,5 @@
-"""Token-by-token decoding over a prepared KV cache, with sampling, stop strings and text deltas."""
+"""Decoding over a prepared KV cache: token choice, stop strings, text deltas, and the events a
+batch's callers read (deltas, then each row's `Answer` as soon as it has finished)."""
 
 from __future__ import annotations
 
@@ -9,38 +10,39 @@ import torch
 from transformers import (
     LogitsProcessorList,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 from transformers.cache_utils import Cache
 
+from .answer import Answer
 from .attention import AttentionProbe
+from .decode_settings import DecodeSettings
+from .device import device_work_done, model_device
+from .final_pass import FinalState
 from .kvcache import run_on_cache
+from .scheduler import BatchControl
+from .stats import StatsRecorder
+from .tracing import StageTracer
 
 
 class TokenSampler:
     """Greedy choice at temperature 0, otherwise sampling with temperature, top-p and top-k."""
 
-    def __init__(
-        self,
-        temperature: float,
-        top_p: float,
-        top_k: int | None,
-        seed: int | None,
-        device: torch.device,
-    ) -> None:
-        self.greedy = temperature == 0.0
+    def __init__(self, settings: DecodeSettings, device: torch.device) -> None:
+        self.greedy = settings.greedy
         self.warpers = LogitsProcessorList()
         if not self.greedy:
-            self.warpers.append(TemperatureLogitsWarper(temperature))
-            if top_k:
-                self.warpers.append(TopKLogitsWarper(top_k))
-            if top_p < 1.0:
-                self.warpers.append(TopPLogitsWarper(top_p))
+            self.warpers.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k:
+                self.warpers.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(settings.top_p))
         self.generator = torch.Generator(device=device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
+        if settings.seed is not None:
+            self.generator.manual_seed(settings.seed)
         else:
             self.generator.seed()
 
@@ -56,14 +58,17 @@ class TokenSampler:
 
 @dataclass
 class DecodeRow:
-    """One sequence of a decoding batch: its sampler, budget, next position and tokens so far.
+    """One sequence of a decoding batch: its sampler, budget, next position, the token ids that
+    end it, and its tokens so far.
 
-    `finish` becomes 'stop' (EOS, or set by the caller when a stop string appears) or 'length'.
+    `finish` becomes 'stop' (an end token, or set by the caller when a stop string appears) or
+    'length'.
     """
 
     sampler: TokenSampler
     max_new_tokens: int
     next_position: int
+    end_ids: frozenset[int]
     produced: list[int] = field(default_factory=list)
     finish: str | None = None
 
@@ -74,33 +79,35 @@ def decode_rows(
     cache: Cache,
     last_logits: torch.Tensor,
     rows: list[DecodeRow],
-    eos_ids: set[int],
     pad_id: int,
     attention_mask: torch.Tensor | None = None,
     probe: AttentionProbe | None = None,
+    tracer: StageTracer | None = None,
 ) -> Iterator[list[int | None]]:
     """Decode every row of the batch in step; yield each step's new token per row (None for a
-    finished row) until every row has finished. EOS is not yielded.
+    finished row) until every row has finished. End tokens are not yielded.
 
     `last_logits` (rows, vocab) are the logits after each row's prompt. `attention_mask`
     (rows, cache width) marks padding in the cache, if any; every new token is attended. Each step
     runs under `probe`, which keeps applying the request's calibration masks.
     """
+    tracer = tracer or StageTracer()
     device = last_logits.device
     logits = last_logits
     while True:
         tokens: list[int | None] = []
-        for index, row in enumerate(rows):
-            token = None
-            if row.finish is None:
-                token = row.sampler(row.produced, logits[index])
-                if token in eos_ids:
-                    row.finish, token = "stop", None
-                else:
-                    row.produced.append(token)
-                    if len(row.produced) == row.max_new_tokens:
-                        row.finish = "length"
-            tokens.append(token)
+        with tracer.span("sampling"):
+            for index, row in enumerate(rows):
+                token = None
+                if row.finish is None:
+                    token = row.sampler(row.produced, logits[index])
+                    if token in row.end_ids:
+                        row.finish, token = "stop", None
+                    else:
+                        row.produced.append(token)
+                        if len(row.produced) == row.max_new_tokens:
+                            row.finish = "length"
+                tokens.append(token)
         if any(token is not None for token in tokens):
             yield tokens
         if all(row.finish is not None for row in rows):
@@ -111,14 +118,15 @@ def decode_rows(
             attention_mask = torch.cat(
                 [attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1
             )
-        logits = run_on_cache(
-            model,
-            torch.tensor(input_ids, device=device),
-            torch.tensor(positions, device=device),
-            cache,
-            attention_mask,
-            probe,
-        )[:, -1]
+        with tracer.span("decode_step"):
+            logits = run_on_cache(
+                model,
+                torch.tensor(input_ids, device=device),
+                torch.tensor(positions, device=device),
+                cache,
+                attention_mask,
+                probe,
+            )[:, -1]
 
 
 class TextDeltas:
@@ -128,7 +136,7 @@ class TextDeltas:
     string. When a stop string appears, the text before it is final and the stop text is dropped.
     """
 
-    def __init__(self, tokenizer, stop: list[str]) -> None:
+    def __init__(self, tokenizer, stop: tuple[str, ...] | list[str]) -> None:
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.token_ids: list[int] = []
@@ -166,3 +174,77 @@ class TextDeltas:
         delta = final[len(self.emitted) :]
         self.emitted = final
         return delta
+
+
+class Decoder:
+    """Decodes a batch from its final pass and hands out each row's text and `Answer`."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        eos_ids: frozenset[int],
+        pad_id: int,
+        tracer: StageTracer,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.tracer = tracer
+
+    def answers(
+        self,
+        state: FinalState,
+        settings: list[DecodeSettings],
+        recorders: list[StatsRecorder],
+        control: BatchControl,
+    ) -> Iterator[tuple[int, str | Answer]]:
+        """Decode every row; yield (row, text delta) as text becomes final, and (row, Answer) as
+        soon as the row has finished. A row that `control` no longer keeps stops decoding.
+        `settings[row].max_new_tokens` must be resolved."""
+        decoding_from = device_work_done(model_device(self.model))
+        for recorder in recorders:
+            recorder.decoding(decoding_from)
+        device = state.logits.device
+        rows, deltas = [], []
+        for row_settings, position in zip(settings, state.next_positions, strict=True):
+            sampler = TokenSampler(row_settings, device)
+            end_ids = frozenset() if row_settings.ignore_eos else self.eos_ids
+            rows.append(DecodeRow(sampler, row_settings.max_new_tokens, position, end_ids))
+            deltas.append(TextDeltas(self.tokenizer, row_settings.stop))
+        steps = decode_rows(
+            self.model,
+            state.cache,
+            state.logits,
+            rows,
+            self.pad_id,
+            state.attention_mask,
+            state.probe,
+            self.tracer,
+        )
+        answered: set[int] = set()
+
+        def finished() -> Iterator[tuple[int, str | Answer]]:
+            for index, (row, row_deltas) in enumerate(zip(rows, deltas, strict=True)):
+                if row.finish is None or index in answered:
+                    continue
+                answered.add(index)
+                tail = row_deltas.flush()
+                if tail:
+                    yield index, tail
+                stats = recorders[index].finished(len(row_deltas.token_ids))
+                yield index, Answer(row_deltas.emitted, row_deltas.token_ids, row.finish, stats)
+
+        for tokens in steps:
+            for index, token in enumerate(tokens):
+                if token is not None:
+                    delta = deltas[index].push(token)
+                    if delta:
+                        yield index, delta
+                    if deltas[index].stopped:
+                        rows[index].finish = "stop"
+                if rows[index].finish is None and not control.keep(index):
+                    rows[index].finish = "stop"  # nobody waits for this row any more
+            yield from finished()
+        yield from finished()

@@ -1,6 +1,11 @@
-"""Exception classes raised by parallelcomp-llm for user-facing failures."""
+"""Exception classes raised by parallelcomp-llm for user-facing failures, and the base of its
+validated settings models, whose bad values raise them."""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
 
 
 class ParallelCompError(Exception):
@@ -37,3 +42,25 @@ class RequestTimeoutError(ParallelCompError, TimeoutError):
 
 class DeviceMemoryError(ParallelCompError, MemoryError):
     """The device ran out of memory, even with one chunk per forward pass."""
+
+
+def validation_summary(error: ValidationError) -> str:
+    """A pydantic error in one line: `field: message (got value)` per problem."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'value'}: {problem['msg']} "
+        f"(got {problem['input']!r})"
+        for problem in error.errors()
+    )
+
+
+class CheckedModel(BaseModel):
+    """A pydantic model whose validation errors are the package's own (`refusal`), in one line."""
+
+    refusal: ClassVar[type[ParallelCompError]] = InvalidConfigError
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            summary = validation_summary(error)
+            raise self.refusal(f"invalid {type(self).__name__}: {summary}") from None

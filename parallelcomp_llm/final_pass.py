@@ -1,4 +1,5 @@
-"""The question's second pass over the merged KV, for one request or several at once.
+"""The question's second pass over the merged KV, for one request or several at once (and the
+plain prompt's pass of `complete` and `chat`).
 
 Each row is `[padding][merged KV of its request][padding][question]`: caches of different sizes
 and questions of different lengths are left-padded and masked, and every question starts right
@@ -10,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
-from .attention import AttentionProbe, CalibrationRule
+from .attention import AttentionProbe, Calibration
+from .device import model_device
 from .kvcache import cache_from_tensors, run_on_cache
 from .merging import MergedKV
+from .stages.calibration import Calibrator
 
 
 @dataclass
@@ -53,9 +56,10 @@ def run_final_pass(
     model: PreTrainedModel,
     rows: list[FinalRow],
     pad_id: int,
-    calibration: tuple[range, float] | None,
+    calibrator: Calibrator | None,
 ) -> FinalState:
-    """Run every row's question over its merged KV in one batch; return the decoding state."""
+    """Run every row's question over its merged KV in one batch, with the calibrator's masks
+    when there is one; return the decoding state."""
     device = rows[0].merged.keys[0].device
     width = max(row.merged.entries for row in rows)
     q_width = max(len(row.question_ids) for row in rows)
@@ -65,13 +69,16 @@ def run_final_pass(
         torch.cat([_left_pad(r.merged.values[i], width) for r in rows]) for i in range(layers)
     ]
     probe = None
-    if calibration is not None:
-        layer_range, threshold = calibration
-        candidates = {
-            layer: torch.cat([_left_pad(r.merged.candidates[layer], width, False) for r in rows])
-            for layer in layer_range
-        }
-        probe = AttentionProbe(calibration=CalibrationRule(layer_range, candidates, threshold))
+    if calibrator is not None:
+        calibration = Calibration(calibrator)
+        for layer in calibrator.layer_range:
+            calibration.offsets[layer] = torch.cat(
+                [_left_pad(r.merged.offsets[layer], width, -1) for r in rows]
+            )
+            calibration.lengths[layer] = torch.cat(
+                [_left_pad(r.merged.lengths[layer], width) for r in rows]
+            )
+        probe = AttentionProbe(calibration=calibration)
     input_ids, positions, masks = [], [], []
     for row in rows:
         missing = q_width - len(row.question_ids)
@@ -98,3 +105,14 @@ def run_final_pass(
     )
     next_positions = [row.start + len(row.question_ids) for row in rows]
     return FinalState(cache, attention_mask, logits[:, -1], next_positions, probe)
+
+
+@torch.inference_mode()
+def run_prompt(model: PreTrainedModel, token_ids: list[int]) -> FinalState:
+    """Run a plain prompt from position 0 with a fresh cache (no context, no probe)."""
+    device = model_device(model)
+    cache = DynamicCache()
+    input_ids = torch.tensor([token_ids], dtype=torch.long, device=device)
+    positions = torch.arange(len(token_ids), device=device)[None]
+    logits = run_on_cache(model, input_ids, positions, cache, logits_to_keep=1)
+    return FinalState(cache, None, logits[:, -1], [len(token_ids)], None)

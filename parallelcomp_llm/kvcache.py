@@ -1,13 +1,32 @@
 """Running the model over a KV cache: wrapping stored tensors in a `DynamicCache` without copying
-them, and one forward pass over a cache under an attention probe."""
+them, and one forward pass over a cache under an attention probe.
+
+This is the one place that passes a cache to the model. transformers 5.24 renamed the forward
+argument `past_key_values` to `cache` (the old name warns, and goes in 5.40); 5.17 to 5.23 know
+only `past_key_values`. The name is read from the model's own forward signature.
+"""
 
 from __future__ import annotations
+
+import functools
+import inspect
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache
 
 from .attention import AttentionProbe, active_probe
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The name under which `model.forward` takes a KV cache in this transformers version."""
+    return _cache_argument(type(model))
 
 
 def cache_from_tensors(keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:
@@ -32,21 +51,22 @@ def tensors_of(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tens
 def run_on_cache(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
     cache: Cache,
     attention_mask: torch.Tensor | None = None,
     probe: AttentionProbe | None = None,
     logits_to_keep: int = 0,
 ) -> torch.Tensor:
     """Feed `input_ids` at `position_ids` after what `cache` holds (the cache grows); return the
-    logits (all positions, or the last `logits_to_keep`)."""
+    logits (all positions, or the last `logits_to_keep`). `position_ids` None: the positions
+    after the cache's entries, as transformers counts them."""
     with active_probe(probe):
         output = model(
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=attention_mask,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
+            **{cache_argument(model): cache},
         )
     return output.logits

@@ -1,9 +1,9 @@
-"""From encoded batches to the decode cache: keep each chunk's (evicted) KV, merge the kept ones.
+"""From encoded batches to the decode cache: keep each chunk's selected KV, merge the kept ones.
 
 After a batch's question pass, every row's KV is copied out of the batch: the template prefix
-(once, unless deduplication is off) and the chunk's context entries, reduced to the KV budget per
-layer and head. The kept chunks are then concatenated, prefix first, into one KV per layer, with
-the attention-bias calibration candidates of every entry.
+(once, unless deduplication is off) and the chunk's context entries the KV selector picked. The
+kept chunks are then concatenated, prefix first, into one KV per layer; for calibration, each
+merged entry also carries its offset in its chunk and that chunk's length.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import eviction
-from .config import ParallelCompConfig
 from .prefill import EncodedBatch
 
 
@@ -32,16 +30,23 @@ class StoredChunk:
 
 @dataclass
 class MergedKV:
-    """Merged KV of the kept chunks, per layer (1, kv_heads, entries, head_dim); calibration
-    candidates per layer (1, kv_heads, entries) when calibration is on."""
+    """Merged KV of the kept chunks, per layer (1, kv_heads, entries, head_dim); for the layers
+    asked for, each entry's offset in its chunk's context and that chunk's length
+    (1, kv_heads, entries; offset -1 for the template prefix)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    candidates: dict[int, torch.Tensor] | None
+    offsets: dict[int, torch.Tensor]
+    lengths: dict[int, torch.Tensor]
 
     @property
     def entries(self) -> int:
         return int(self.keys[0].shape[2])
+
+
+def _gather(states: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Pick entries `indices` (heads, n) from `states` (heads, tokens, dim)."""
+    return states.gather(1, indices[..., None].expand(-1, -1, states.shape[-1]))
 
 
 def store_chunk(
@@ -49,26 +54,21 @@ def store_chunk(
     row: int,
     length: int,
     prefix: int,
-    window_scores: dict[int, torch.Tensor],
+    picks: list[torch.Tensor] | None,
     keep_prefix: bool,
-    budget: int | None,
-    config: ParallelCompConfig,
 ) -> StoredChunk:
-    """Copy row `row` of `batch` out: its prefix (if `keep_prefix`) and its context KV, evicted
-    down to `budget` entries per layer and head by the pooled window scores (None: all kept)."""
+    """Copy row `row` of `batch` out: its prefix (if `keep_prefix`) and the context entries
+    `picks[layer]` (kv_heads, n) of each layer, or all of them when `picks` is None."""
     context = slice(prefix, prefix + length)
     stored = StoredChunk(
         length, [], [], [], [] if keep_prefix else None, [] if keep_prefix else None
     )
     for layer, (batch_keys, batch_values) in enumerate(zip(batch.keys, batch.values)):
         layer_keys, layer_values = batch_keys[row], batch_values[row]
-        if budget is not None and length > budget:
-            scores = window_scores[layer][row, :, context]
-            picked = eviction.top_entries(
-                eviction.pooled_scores(scores, config.pooling_kernel), budget
-            )
-            stored.keys.append(eviction.gather_entries(layer_keys[:, context], picked))
-            stored.values.append(eviction.gather_entries(layer_values[:, context], picked))
+        if picks is not None:
+            picked = picks[layer]
+            stored.keys.append(_gather(layer_keys[:, context], picked))
+            stored.values.append(_gather(layer_values[:, context], picked))
         else:
             picked = torch.arange(length, device=layer_keys.device).expand(layer_keys.shape[0], -1)
             stored.keys.append(layer_keys[:, context].clone())
@@ -81,41 +81,36 @@ def store_chunk(
 
 
 def merge_chunks(
-    stored: list[StoredChunk], kept: list[int], config: ParallelCompConfig
+    stored: list[StoredChunk],
+    kept: list[int],
+    dedupe_prefix: bool,
+    positions_in: range | None = None,
 ) -> MergedKV:
     """Concatenate the kept chunks' KV in order; the first stored chunk's prefix leads when
-    `dedupe_prefix`, else each kept chunk brings its own."""
-    calibrate = config.calibration_layers is not None
-    keys, values, candidates = [], [], {}
+    `dedupe_prefix`, else each kept chunk brings its own. Entry positions are recorded for the
+    layers `positions_in`."""
+    keys, values, offsets, lengths = [], [], {}, {}
     for layer in range(len(stored[0].keys)):
-        key_parts, value_parts, candidate_parts = [], [], []
+        track = positions_in is not None and layer in positions_in
+        key_parts, value_parts, offset_parts, length_parts = [], [], [], []
         for position, index in enumerate(kept):
             piece = stored[index]
-            if position == 0 or not config.dedupe_prefix:
-                owner = stored[0] if config.dedupe_prefix else piece
+            if position == 0 or not dedupe_prefix:
+                owner = stored[0] if dedupe_prefix else piece
                 key_parts.append(owner.prefix_keys[layer])
                 value_parts.append(owner.prefix_values[layer])
-                if calibrate:
+                if track:
                     prefix_entries = owner.prefix_keys[layer][..., 0]
-                    candidate_parts.append(torch.zeros_like(prefix_entries, dtype=torch.bool))
+                    offset_parts.append(torch.full_like(prefix_entries, -1, dtype=torch.long))
+                    length_parts.append(torch.zeros_like(prefix_entries, dtype=torch.long))
             key_parts.append(piece.keys[layer])
             value_parts.append(piece.values[layer])
-            if calibrate:
-                candidate_parts.append(_in_region(piece.offsets[layer], piece.length, config))
+            if track:
+                offset_parts.append(piece.offsets[layer])
+                length_parts.append(torch.full_like(piece.offsets[layer], piece.length))
         keys.append(torch.cat(key_parts, dim=1)[None])
         values.append(torch.cat(value_parts, dim=1)[None])
-        if calibrate:
-            candidates[layer] = torch.cat(candidate_parts, dim=1)[None]
-    return MergedKV(keys, values, candidates if calibrate else None)
-
-
-def _in_region(offsets: torch.Tensor, length: int, config: ParallelCompConfig) -> torch.Tensor:
-    """Which kept entries (by offset in their chunk) lie in the calibration region."""
-    size = config.calibration_region_tokens
-    sink, recent = offsets < size, offsets >= length - size
-    return {
-        "sink": sink,
-        "recent": recent,
-        "middle": ~(sink | recent),
-        "all": torch.ones_like(sink),
-    }[config.calibration_region]
+        if track:
+            offsets[layer] = torch.cat(offset_parts, dim=1)[None]
+            lengths[layer] = torch.cat(length_parts, dim=1)[None]
+    return MergedKV(keys, values, offsets, lengths)

@@ -1,4 +1,5 @@
-"""Loading causal LMs for the engine: supported architectures, device and dtype, attention kernel."""
+"""Loading causal LMs for the engine: supported architectures, device and dtype, attention kernel,
+the special tokens that pad and end answers, and what a calibrator needs of the model."""
 
 from __future__ import annotations
 
@@ -6,10 +7,17 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .attention import implementation_name, register_hooked_kernels
 from .errors import InvalidConfigError, UnsupportedModelError
+from .stages.calibration import Calibrator
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,3 +75,34 @@ def load_model_and_tokenizer(
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     return model.to(device).eval(), tokenizer
+
+
+def check_calibrator(calibrator: Calibrator | None, config, kernel: str) -> None:
+    """Refuse a calibrator the model cannot run: it needs the SDPA kernel and existing layers."""
+    if calibrator is None:
+        return
+    if kernel != "sdpa":
+        raise InvalidConfigError("attention-bias calibration needs attn_implementation='sdpa'")
+    layers = config.num_hidden_layers
+    if calibrator.layers[1] >= layers:
+        raise InvalidConfigError(
+            f"calibration_layers {calibrator.layers} outside the model's {layers} layers"
+        )
+
+
+def end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Token ids that end an answer: the generation config's EOS ids and the tokenizer's."""
+    ids: set[int] = set()
+    generation = getattr(model, "generation_config", None)
+    for source in (getattr(generation, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source is not None:
+            ids.update(int(t) for t in source)
+    return frozenset(ids)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token id rows are padded with: the tokenizer's pad token, else its EOS, else 0."""
+    candidates = (tokenizer.pad_token_id, tokenizer.eos_token_id)
+    return next((token for token in candidates if token is not None), 0)

@@ -1,4 +1,4 @@
-"""Batched prefill: encode several `[prefix][chunk]` rows per forward pass, then the question.
+"""Parallel prefill: encode several `[prefix][chunk]` rows per forward pass, then the question.
 
 Each row's position ids start again at 0, so no position exceeds the trained window however long
 the whole context is. Rows are right-padded to one width: the pads come after every real token,
@@ -15,12 +15,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .attention import AttentionProbe
+from .device import model_device
 from .kvcache import cache_from_tensors, run_on_cache, tensors_of
 
-_CPU_MEMORY_SHARE = 0.5
-_GPU_MEMORY_SHARE = 0.7
-_MAX_AUTO_BATCH = 32
-_TOKENS_PER_PASS = 32_768
 QUESTION_BUCKET = 32
 
 
@@ -59,16 +56,12 @@ class EncodedBatch:
         )
 
 
-def _device(model: PreTrainedModel) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.inference_mode()
 def prefill_rows(
     model: PreTrainedModel, rows: list[list[int]], pad_id: int, chunk_indices: list[int]
 ) -> EncodedBatch:
     """Run the model over `rows` (token id lists) as one right-padded batch; keep the KV."""
-    device = _device(model)
+    device = model_device(model)
     width = max(len(row) for row in rows)
     input_ids = torch.tensor(
         [row + [pad_id] * (width - len(row)) for row in rows], dtype=torch.long, device=device
@@ -108,46 +101,3 @@ def question_pass(
     return run_on_cache(
         model, input_ids, position_ids, cache, attention_mask, probe, logits_to_keep=q_len
     )
-
-
-def kv_bytes_per_token(model: PreTrainedModel) -> int:
-    """Bytes of keys and values one token occupies over all layers."""
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    element = next(model.parameters()).element_size()
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element
-
-
-def auto_batch_size(model: PreTrainedModel, row_tokens: int, question_tokens: int) -> int:
-    """Rows per forward pass: about `_TOKENS_PER_PASS` tokens, within a share of the free memory
-    of the model's device.
-
-    Rows of a few thousand tokens already fill the GPU's matrix units, so more rows per pass only
-    cost memory (measured on an H100 with the 8B shape at 128K: 18 rows of 7.9K tokens ran no
-    faster than 4 and peaked at 49 GiB against 27 GiB). A row costs its KV cache over all layers,
-    one layer's activations (hidden states, MLP and attention outputs), and the question pass's
-    logits.
-    """
-    config = model.config
-    device = _device(model)
-    element = next(model.parameters()).element_size()
-    activations = row_tokens * (4 * config.hidden_size + 3 * config.intermediate_size) * element
-    logits = question_tokens * config.vocab_size * 4 * 2
-    per_row = kv_bytes_per_token(model) * row_tokens + activations + logits
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0] * _GPU_MEMORY_SHARE
-    else:
-        free = _available_host_memory() * _CPU_MEMORY_SHARE
-    by_tokens = max(1, _TOKENS_PER_PASS // row_tokens)
-    return int(max(1, min(_MAX_AUTO_BATCH, by_tokens, free // per_row)))
-
-
-def _available_host_memory() -> int:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30

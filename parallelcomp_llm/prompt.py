@@ -52,18 +52,6 @@ class PromptTemplate:
         return cls(prefix="", between=before, suffix=after, add_bos=True)
 
 
-@dataclass(frozen=True)
-class PromptLayout:
-    """Token ids of the fixed parts of a prompt for one question."""
-
-    prefix_ids: list[int]
-    question_ids: list[int]
-
-    @property
-    def prefix_len(self) -> int:
-        return len(self.prefix_ids)
-
-
 class PromptBuilder:
     """Tokenizes the parts of ParallelComp prompts for one tokenizer and template."""
 
@@ -89,10 +77,9 @@ class PromptBuilder:
         """The question block: text after the context, the question, end of turn, answer header."""
         return self.encode(self.template.between + question + self.template.suffix)
 
-    def layout(self, question: str) -> PromptLayout:
-        return PromptLayout(
-            prefix_ids=list(self.prefix_ids), question_ids=self.question_ids(question)
-        )
+    def completion_ids(self, prompt: str) -> list[int]:
+        """Token ids of a plain prompt to continue (no template; BOS for base models)."""
+        return self._bos + self.encode(prompt)
 
     def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a whole chat (no separate context), ready for the answer."""

@@ -229,6 +229,11 @@ class RowEvents(Iterator[Any]):
             raise item.error
         return item
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled before every row had its result."""
+        return self._job.cancelled
+
     def close(self, wait: bool = True) -> None:
         """Cancel the job unless this row has ended; with `wait`, return once the model has let
         it go."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parallelcomp_llm.testing import ARCHITECTURES
+from parallelcomp_llm.testing import ARCHITECTURES, UNREACHABLE_PYPI
 
 
 @pytest.fixture(params=ARCHITECTURES)
@@ -15,8 +15,5 @@ def architecture(request) -> str:
 @pytest.fixture
 def unreachable_pypi(monkeypatch):
     """pip sees a package index that refuses connections, and gives up at once."""
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
-    monkeypatch.setenv("PIP_FIND_LINKS", "")
-    monkeypatch.setenv("PIP_RETRIES", "0")
-    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "2")
+    for name, value in UNREACHABLE_PYPI.items():
+        monkeypatch.setenv(name, value)

@@ -20,7 +20,6 @@ from langchain_parallelcomp import ChatParallelComp
 from llama_index.llms.parallelcomp import ParallelCompLLM
 
 from parallelcomp_llm import DeviceMemoryError, EngineBusyError, RequestTimeoutError
-from parallelcomp_llm.admission import Deadline
 from parallelcomp_llm.testing import ModelPause, forward_shapes, text_of_tokens, tiny_engine
 
 DOCS = [text_of_tokens(300, seed=i) for i in range(4)]
@@ -92,7 +91,7 @@ def test_same_context_requests_from_threads_run_as_one_batch():
             pool.submit(engine.generate, DOCS, q, **o)
             for q, o in zip(QUESTIONS[1:], options[1:], strict=True)
         ]
-        wait_for(lambda: engine._scheduler.waiting == 4)
+        wait_for(lambda: engine.queue_depth == 4)
         pause.release()
         text, slow_ids = slow.result()
         together = [future.result() for future in fast]
@@ -102,7 +101,7 @@ def test_same_context_requests_from_threads_run_as_one_batch():
     # the holder's context (one pass), then DOCS once for all four questions (two passes)
     assert chunk_prefills(shapes) == 1 + 2
     assert decoding_rows(shapes)[:2] == [1, 4]
-    assert not engine._scheduler.busy
+    assert not engine.busy
 
 
 def test_requests_over_other_contexts_are_not_batched_with_them():
@@ -160,7 +159,7 @@ def test_generate_batch_joins_waiting_requests_and_is_never_split():
     pause, _ = hold(engine)
     with ThreadPoolExecutor(max_workers=1) as pool:
         several = pool.submit(engine.generate_batch, DOCS, QUESTIONS[:3], max_new_tokens=6)
-        wait_for(lambda: engine._scheduler.waiting == 1)
+        wait_for(lambda: engine.queue_depth == 1)
         single = engine.stream(DOCS, QUESTIONS[3], max_new_tokens=6)
         pause.release()
         answers = several.result()
@@ -181,7 +180,7 @@ def test_a_full_line_refuses_and_the_waiting_requests_still_share_a_batch():
     answers = [drain(streams[0]), drain(third)]
     assert answers == [engine.generate(DOCS, q, max_new_tokens=6).token_ids for q in QUESTIONS[::2]]
     assert streams[0].answer.stats.batch_size == 2
-    assert not engine._scheduler.busy
+    assert not engine.busy
 
 
 def test_a_member_that_closes_its_stream_leaves_the_others_their_answers():
@@ -194,13 +193,13 @@ def test_a_member_that_closes_its_stream_leaves_the_others_their_answers():
     in_batch.wait_until_reached()
     closer = threading.Thread(target=streams[1].close)
     closer.start()
-    wait_for(lambda: streams[1]._events._job.cancelled)
+    wait_for(lambda: streams[1].cancelled)
     in_batch.release()
     closer.join(60)
     assert not closer.is_alive()
     assert list(streams[1]) == [] and streams[1].answer is None
     assert [drain(streams[0]), drain(streams[2])] == [alone[0], alone[2]]
-    assert not engine._scheduler.busy
+    assert not engine.busy
 
 
 def test_closing_the_only_request_of_a_batch_stops_it_at_the_next_chunk_batch():
@@ -211,11 +210,11 @@ def test_closing_the_only_request_of_a_batch_stops_it_at_the_next_chunk_batch():
     shapes = forward_shapes(engine.model)  # not called for the held pass
     closer = threading.Thread(target=stream.close)
     closer.start()
-    wait_for(lambda: stream._events._job.cancelled)
+    wait_for(lambda: stream.cancelled)
     pause.release()
     closer.join(60)
     assert not closer.is_alive()
-    assert not engine._scheduler.busy
+    assert not engine.busy
     # after the held chunk prefill only its question pass ran: no second chunk batch, no decoding
     assert len(shapes) == 1 and chunk_prefills(shapes) == 0 and decoding_rows(shapes) == []
     assert len(engine.generate(DOCS, "Which?", max_new_tokens=5).token_ids) == 5
@@ -225,17 +224,19 @@ def test_a_member_past_its_deadline_fails_alone():
     engine = tiny_engine("llama", **SETTINGS)
     alone = [engine.generate(DOCS, q, max_new_tokens=20).token_ids for q in QUESTIONS[:2]]
     pause, _ = hold(engine)
-    early = engine.stream(DOCS, "Which?", max_new_tokens=20)
+    submitted = time.monotonic()
+    early = engine.stream(DOCS, "Which?", max_new_tokens=20, timeout_s=2.0)
     late = [engine.stream(DOCS, q, max_new_tokens=20) for q in QUESTIONS[:2]]
     in_batch = ModelPause(engine.model, when=lambda input_ids: input_ids.shape == (3, 1))
     pause.release()
     in_batch.wait_until_reached()
-    early._events._job.deadline = Deadline(0.0)  # its time runs out during the held step
+    assert time.monotonic() - submitted < 2.0, "the batch started after the early deadline"
+    time.sleep(2.1 - (time.monotonic() - submitted))  # its time runs out during the held step
     in_batch.release()
     with pytest.raises(RequestTimeoutError, match="took longer than"):
         drain(early)
     assert [drain(stream) for stream in late] == alone
-    assert not engine._scheduler.busy
+    assert not engine.busy
 
 
 def refuse_rows(limit: int, tokens: int | None = None, allowed: int = 0):
@@ -281,7 +282,7 @@ def test_a_batch_out_of_memory_while_decoding_fails_each_member_and_the_engine_r
             received.extend(stream)
         assert received  # text was handed out, so the batch could not run again
     handle.remove()
-    assert not engine._scheduler.busy
+    assert not engine.busy
     assert len(engine.generate(DOCS, "Which?", max_new_tokens=5).token_ids) == 5
 
 
@@ -302,7 +303,7 @@ def test_langchain_and_llama_index_callers_share_a_batch():
     pause, _ = hold(engine)
     with ThreadPoolExecutor(max_workers=1) as pool:
         together = pool.submit(asyncio.run, everyone())
-        wait_for(lambda: engine._scheduler.waiting == 4)
+        wait_for(lambda: engine.queue_depth == 4)
         pause.release()
         assert together.result() == alone
     assert chunk_prefills(shapes) == 1 + 2
@@ -318,7 +319,7 @@ def test_async_callers_cancelled_while_waiting_leave_the_line_at_once():
 
     async def cancel_while_waiting(call) -> None:
         task = asyncio.ensure_future(call)
-        while engine._scheduler.waiting == 0:
+        while engine.queue_depth == 0:
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -331,7 +332,7 @@ def test_async_callers_cancelled_while_waiting_leave_the_line_at_once():
     ):
         asyncio.run(cancel_while_waiting(call))
         # the model is still held: only cancelling can empty the line
-        wait_for(lambda: engine._scheduler.waiting == 0)
+        wait_for(lambda: engine.queue_depth == 0)
     pause.release()
     assert llm.complete(QUESTIONS[3], context=DOCS).raw.stats.chunks_prefilled == 4
     # the holder's context, then DOCS once, for the last call: the cancelled ones never ran

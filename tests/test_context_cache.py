@@ -22,8 +22,8 @@ def test_answers_with_a_cache_equal_answers_without():
         without = fresh.generate(DOCS, question, max_new_tokens=16)
         assert with_cache.token_ids == without.token_ids
         assert with_cache.stats.context_cache_hit and with_cache.stats.chunks_prefilled == 0
-        assert [c.score for c in with_cache.stats.chunks] == pytest.approx(
-            [c.score for c in without.stats.chunks], abs=1e-5
+        assert [c.relevance for c in with_cache.stats.chunks] == pytest.approx(
+            [c.relevance for c in without.stats.chunks], abs=1e-5
         )
     assert (
         "".join(engine.stream(cache, "Which?", max_new_tokens=16))

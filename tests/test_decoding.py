@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from parallelcomp_llm import ParallelCompEngine
 from parallelcomp_llm.decoding import TextDeltas
-from parallelcomp_llm.testing import text_of_tokens, tiny_engine, tiny_tokenizer
+from parallelcomp_llm.testing import text_of_tokens, tiny_engine, tiny_model, tiny_tokenizer
 
 DOCS = [text_of_tokens(300, seed=i) for i in range(4)]
 
@@ -38,12 +39,14 @@ def test_length_finish_and_eos(engine):
     answer = engine.generate(DOCS, "What?", max_new_tokens=5)
     assert (answer.finish_reason, len(answer.token_ids)) == ("length", 5)
     first = answer.token_ids[0]
-    engine._eos_ids.add(first)
-    try:
-        stopped = engine.generate(DOCS, "What?", max_new_tokens=5)
-    finally:
-        engine._eos_ids.discard(first)
+    model = tiny_model("llama")
+    model.generation_config.eos_token_id = [first]
+    ending = ParallelCompEngine(model, tiny_tokenizer(), engine.config)
+    assert first in ending.eos_token_ids
+    stopped = ending.generate(DOCS, "What?", max_new_tokens=5)
     assert (stopped.finish_reason, stopped.token_ids, stopped.text) == ("stop", [], "")
+    ignored = ending.generate(DOCS, "What?", max_new_tokens=5, ignore_eos=True)
+    assert ignored.token_ids == answer.token_ids and ignored.finish_reason == "length"
 
 
 def test_sampling_is_reproducible_with_a_seed(engine):

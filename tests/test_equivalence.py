@@ -30,13 +30,12 @@ def plain_greedy(engine: ParallelCompEngine, prompt_ids: list[int], new_tokens: 
 def test_one_chunk_matches_model_generate(architecture):
     engine = tiny_engine(architecture, kv_budget=None)
     context, question = text_of_tokens(300), "What is written?"
-    answer = engine.generate(context, question, max_new_tokens=24)
+    answer = engine.generate(context, question, max_new_tokens=24, ignore_eos=True)
     prompt = (
         engine.prompts.prefix_ids
         + engine.prompts.encode(context)
         + engine.prompts.question_ids(question)
     )
-    engine._eos_ids.clear()
     assert answer.stats.chunks_total == 1
     expected = plain_greedy(engine, prompt, len(answer.token_ids))
     assert answer.token_ids == expected
@@ -47,9 +46,8 @@ def test_one_chunk_matches_without_chat_template(architecture):
     tokenizer = tiny_tokenizer(chat_template=False)
     config = ParallelCompConfig(kv_budget=None, **TINY_SETTINGS)
     engine = ParallelCompEngine(tiny_model(architecture, seed=3), tokenizer, config)
-    engine._eos_ids.clear()
     context, question = text_of_tokens(200, seed=2), "Who?"
-    answer = engine.generate(context, question, max_new_tokens=16)
+    answer = engine.generate(context, question, max_new_tokens=16, ignore_eos=True)
     prompt = (
         [tokenizer.bos_token_id]
         + engine.prompts.encode(context)
@@ -61,8 +59,7 @@ def test_one_chunk_matches_without_chat_template(architecture):
 
 def test_complete_matches_model_generate():
     engine = tiny_engine("qwen2")
-    engine._eos_ids.clear()
-    answer = engine.complete("Once upon a time", max_new_tokens=12)
+    answer = engine.complete("Once upon a time", max_new_tokens=12, ignore_eos=True)
     prompt = engine.prompts.encode("Once upon a time")
     assert answer.token_ids == plain_greedy(engine, prompt, 12)
     assert answer.finish_reason == "length"
@@ -77,7 +74,7 @@ def test_batch_size_does_not_change_the_answer():
         for size in (1, 2, 5)
     ]
     assert answers[0].token_ids == answers[1].token_ids == answers[2].token_ids
-    scores = [[c.score for c in a.stats.chunks] for a in answers]
+    scores = [[c.relevance for c in a.stats.chunks] for a in answers]
     for other in scores[1:]:
         assert torch.allclose(torch.tensor(scores[0]), torch.tensor(other), atol=1e-4)
 
@@ -86,15 +83,15 @@ def test_padded_rows_match_rows_run_alone(architecture):
     engine = tiny_engine(architecture)
     rows = [engine.prompts.encode(text_of_tokens(n, seed=n)) for n in (120, 97, 64)]
     question = engine.prompts.question_ids("And then?")
-    batch = prefill_rows(engine.model, rows, engine._pad_id, [0, 1, 2])
+    batch = prefill_rows(engine.model, rows, engine.pad_token_id, [0, 1, 2])
     batch_logits = question_pass(
-        engine.model, batch, question, AttentionProbe(window=4), engine._pad_id
+        engine.model, batch, question, AttentionProbe(windows=[4]), engine.pad_token_id
     )
     for index, row in enumerate(rows):
-        alone = prefill_rows(engine.model, [row], engine._pad_id, [index])
+        alone = prefill_rows(engine.model, [row], engine.pad_token_id, [index])
         for keys, alone_keys in zip(batch.keys, alone.keys, strict=True):
             assert torch.allclose(keys[index, :, : len(row)], alone_keys[0], atol=1e-5)
         logits = question_pass(
-            engine.model, alone, question, AttentionProbe(window=4), engine._pad_id
+            engine.model, alone, question, AttentionProbe(windows=[4]), engine.pad_token_id
         )
         assert torch.allclose(batch_logits[index], logits[0], atol=1e-4)

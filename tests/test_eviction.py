@@ -1,12 +1,12 @@
-"""Chunk eviction keeps the configured count; KV eviction keeps exactly the configured budget,
-shared by the kept chunks."""
+"""Chunk eviction keeps the configured count, the most relevant chunks; KV eviction keeps exactly
+the configured budget, shared by the kept chunks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from parallelcomp_llm import eviction
+from parallelcomp_llm.stages import ChunkEntries, EvenBudget, SnapKVSelector
 from parallelcomp_llm.testing import text_of_tokens, tiny_engine
 
 
@@ -29,7 +29,11 @@ def test_kept_chunks_share_the_budget(documents):
     assert answer.stats.chunks_total == documents
     assert answer.stats.chunks_kept == min(documents, 3)
     assert answer.stats.kv_entries_kept == len(engine.prompts.prefix_ids) + 120
-    assert engine.config.chunk_kv_budget(documents) == 120 // min(documents, 3)
+    split = engine.stages.budget.split(documents)
+    assert (split.keep_chunks, split.entries_per_chunk) == (
+        min(documents, 3),
+        120 // split.keep_chunks,
+    )
 
 
 def test_fraction_and_no_eviction():
@@ -49,23 +53,33 @@ def test_without_prefix_dedup_each_kept_chunk_brings_its_prefix():
     assert answer.stats.kv_entries_kept == 2 * (len(engine.prompts.prefix_ids) + 50)
 
 
-def test_most_relevant_chunks_are_kept_by_nll():
-    scores = [2.0, 0.5, 3.0, 0.7, 1.0]
-    assert eviction.chunks_to_keep(scores, 2, lower_is_better=True) == [1, 3]
-    assert eviction.chunks_to_keep(scores, 2, lower_is_better=False) == [0, 2]
+def test_budget_split_by_count_fraction_and_none():
+    assert EvenBudget(keep_chunks=3, kv_budget=3072).split(18).entries_per_chunk == 1024
+    assert EvenBudget(keep_chunks=3, kv_budget=3072).split(1).entries_per_chunk == 3072
+    assert EvenBudget(keep_chunks=0.25, kv_budget=None).split(10).keep_chunks == 2
+    assert EvenBudget(keep_chunks=0.01, kv_budget=10).split(10).keep_chunks == 1
+
+
+def test_most_relevant_chunks_are_kept():
+    engine = tiny_engine("llama", keep_chunks=2, kv_budget=128)
+    answer = engine.generate(
+        [text_of_tokens(300, seed=i) for i in range(5)], "Which one?", max_new_tokens=2
+    )
+    relevance = [c.relevance for c in answer.stats.chunks]
+    kept = [i for i, c in enumerate(answer.stats.chunks) if c.kept]
+    assert answer.stats.scorer == "nll" and all(r < 0 for r in relevance)
+    assert kept == sorted(sorted(range(5), key=lambda i: -relevance[i])[:2])
 
 
 def test_token_selection_follows_pooled_scores():
-    scores = torch.zeros(2, 20)
-    scores[0, 10] = 5.0
-    scores[1, 3] = 4.0
-    pooled = eviction.pooled_scores(scores, 3)
-    assert pooled[0, 9:12].tolist() == [5.0, 5.0, 5.0]
-    picked = eviction.top_entries(pooled, 3)
-    assert picked.tolist() == [[9, 10, 11], [2, 3, 4]]
-    states = torch.arange(2 * 20 * 4, dtype=torch.float).view(2, 20, 4)
-    gathered = eviction.gather_entries(states, picked)
-    assert torch.equal(gathered[1, 1], states[1, 3])
+    attention = torch.zeros(2, 20)
+    attention[0, 10] = 5.0
+    attention[1, 3] = 4.0
+    entries = ChunkEntries(0, torch.zeros(2, 20, 4), torch.zeros(2, 20, 4), attention)
+    selector = SnapKVSelector(pooling_kernel=3)
+    assert selector.score(entries)[0, 9:12].tolist() == [5.0, 5.0, 5.0]
+    assert selector.select(entries, 3).tolist() == [[9, 10, 11], [2, 3, 4]]
+    assert selector.select(entries, 50).shape == (2, 20)
 
 
 def test_attention_scoring_ranks_and_keeps():
@@ -73,8 +87,8 @@ def test_attention_scoring_ranks_and_keeps():
     answer = engine.generate(
         [text_of_tokens(300, seed=i) for i in range(4)], "Q?", max_new_tokens=2
     )
-    assert answer.stats.score_kind == "attention"
-    scores = [c.score for c in answer.stats.chunks]
+    assert answer.stats.scorer == "attention"
+    relevance = [c.relevance for c in answer.stats.chunks]
     kept = [i for i, c in enumerate(answer.stats.chunks) if c.kept]
-    assert kept == sorted(sorted(range(4), key=lambda i: -scores[i])[:2])
-    assert all(0.0 < s <= 1.0 + 1e-5 for s in scores)
+    assert kept == sorted(sorted(range(4), key=lambda i: -relevance[i])[:2])
+    assert all(0.0 < r <= 1.0 + 1e-5 for r in relevance)

@@ -46,4 +46,4 @@ def test_64_concurrent_requests_each_get_the_answer_they_get_alone():
     alone = [asyncio.run(ask(*request)) for request in requests()]
     assert together == alone
     assert len(set(together)) > 8
-    assert not engine._scheduler.busy
+    assert not engine.busy

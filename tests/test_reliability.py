@@ -49,7 +49,7 @@ def hold_model(engine):
     pause = ModelPause(engine.model)
     stream = engine.stream(DOCS, "Which?", max_new_tokens=30)
     pause.wait_until_reached()
-    assert engine._scheduler.busy
+    assert engine.busy
     return pause, stream
 
 
@@ -61,7 +61,7 @@ def test_full_queue_is_refused_and_closing_a_stream_frees_the_model():
     pause.release()
     next(stream)
     stream.close()
-    assert not engine._scheduler.busy
+    assert not engine.busy
     assert len(engine.generate(DOCS, "Another?", max_new_tokens=4).token_ids) == 4
 
 
@@ -70,7 +70,7 @@ def test_abandoned_stream_releases_the_model():
     for _ in engine.stream(DOCS, "Which?", max_new_tokens=30):
         break
     gc.collect()
-    assert not engine._scheduler.busy
+    assert not engine.busy
     assert engine.generate(DOCS, "Which?", max_new_tokens=3).finish_reason == "length"
 
 
@@ -85,7 +85,7 @@ def test_waiting_and_running_past_the_timeout():
     slow.model.register_forward_pre_hook(lambda *args: time.sleep(0.03))
     with pytest.raises(RequestTimeoutError, match="longer than"):
         slow.generate(DOCS, "Which?", max_new_tokens=30)
-    assert not slow._scheduler.busy
+    assert not slow.busy
 
 
 def test_max_new_tokens_limit():
@@ -119,7 +119,7 @@ def test_out_of_memory_at_batch_one_is_an_error_and_the_engine_recovers():
     with pytest.raises(DeviceMemoryError):
         engine.generate(DOCS, "Which?", max_new_tokens=10)
     handle.remove()
-    assert not engine._scheduler.busy
+    assert not engine.busy
     assert len(engine.generate(DOCS, "Which?", max_new_tokens=5).token_ids) == 5
 
 

@@ -69,9 +69,9 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
         context, decoding = self._call_settings(stop, kwargs)
         if context is None:
             turns = chat_turns(messages)
-            return lambda: self.engine.stream_chat(turns, **decoding)
+            return lambda: self.engine.stream_chat(turns, decoding)
         question = question_of(messages)
-        return lambda: self.engine.stream(context, question, **decoding)
+        return lambda: self.engine.stream(context, question, decoding)
 
     def _result(self, answer: Answer) -> ChatResult:
         message = AIMessage(

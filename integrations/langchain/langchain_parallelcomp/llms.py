@@ -41,8 +41,8 @@ class ParallelCompLLM(ParallelCompSettings, BaseLLM):
     def _open(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> OpenStream:
         context, decoding = self._call_settings(stop, kwargs)
         if context is None:
-            return lambda: self.engine.stream_complete(prompt, **decoding)
-        return lambda: self.engine.stream(context, prompt, **decoding)
+            return lambda: self.engine.stream_complete(prompt, decoding)
+        return lambda: self.engine.stream(context, prompt, decoding)
 
     def _one_batch(
         self, prompts: list[str], stop: list[str] | None, kwargs: dict[str, Any]
@@ -52,7 +52,7 @@ class ParallelCompLLM(ParallelCompSettings, BaseLLM):
         context, decoding = self._call_settings(stop, kwargs)
         if context is None or len(prompts) < 2 or self.streaming:
             return None
-        return lambda: self.engine.generate_batch(context, prompts, **decoding)
+        return lambda: self.engine.generate_batch(context, prompts, decoding)
 
     def _generation(self, answer: Answer) -> Generation:
         return Generation(

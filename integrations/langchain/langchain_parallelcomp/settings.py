@@ -10,19 +10,24 @@ from typing import Any, Self
 from langchain_core.language_models import LangSmithParams
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from parallelcomp_llm import AnswerStream, InvalidInputError, ParallelCompConfig, ParallelCompEngine
+from parallelcomp_llm import AnswerStream, DecodeSettings, ParallelCompConfig, ParallelCompEngine
 
 from .context import engine_context
 
-CALL_KEYWORDS = ("context", "max_tokens", "temperature", "top_p", "top_k", "seed")
-"""Keyword arguments accepted per call (`invoke(..., context=docs)`, `bind(max_tokens=...)`)."""
+RENAMES = {"max_tokens": "max_new_tokens"}
+"""LangChain's names of the engine's decoding settings."""
 
 OpenStream = Callable[[], AnswerStream]
 """Starts one engine request; called where the model work runs (a worker thread when async)."""
 
 
 class ParallelCompSettings(BaseModel):
-    """Which engine answers, and the default decoding settings of every call."""
+    """Which engine answers, and the default decoding settings of every call.
+
+    The decoding fields are those of `parallelcomp_llm.DecodeSettings` (with LangChain's
+    `max_tokens` for its `max_new_tokens`), validated by it; None leaves the engine's default.
+    A call may pass any of them, and `context=`, as keyword arguments.
+    """
 
     model: str | None = None
     """Model name or local path for `ParallelCompEngine.from_pretrained` (Llama, Qwen2 or Mistral
@@ -36,17 +41,17 @@ class ParallelCompSettings(BaseModel):
     """An engine built beforehand (instead of `model` and `config`); several LangChain objects may
     share one. Filled in with the loaded engine otherwise."""
 
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = None
     """Most new tokens per answer. None: the engine's `answer_reserve_tokens`."""
 
-    temperature: float = Field(default=0.0, ge=0.0)
-    """Sampling temperature; 0 is greedy decoding."""
+    temperature: float | None = None
+    """Sampling temperature; 0 (the default) is greedy decoding."""
 
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass (when `temperature` > 0)."""
+    top_p: float | None = None
+    """Nucleus sampling mass (when sampling)."""
 
-    top_k: int | None = Field(default=None, ge=1)
-    """Sample among the `top_k` most likely tokens (when `temperature` > 0)."""
+    top_k: int | None = None
+    """Sample among the `top_k` most likely tokens (when sampling)."""
 
     seed: int | None = None
     """Seed of the sampler, for reproducible sampling."""
@@ -62,6 +67,7 @@ class ParallelCompSettings(BaseModel):
 
     @model_validator(mode="after")
     def _load_parallelcomp_engine(self) -> Self:
+        self._decode_settings({})
         if self.engine is not None:
             if self.model is not None or self.config is not None:
                 raise ValueError("pass either `engine` or `model`/`config`, not both")
@@ -89,7 +95,7 @@ class ParallelCompSettings(BaseModel):
 
     @property
     def _default_params(self) -> dict[str, Any]:
-        """Decoding settings sent with every call."""
+        """Decoding settings sent with every call (None: the engine's default)."""
         return {
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
@@ -113,23 +119,23 @@ class ParallelCompSettings(BaseModel):
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of `text` in the model's own tokenizer (no special tokens added)."""
-        return list(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.engine.prompts.encode(text)
+
+    def _decode_settings(self, call: Mapping[str, Any]) -> DecodeSettings:
+        """The fields' settings with a call's keywords over them, validated by the engine's
+        `DecodeSettings` (unknown keywords are refused)."""
+        fields = self._default_params | {"stop": self.stop}
+        defaults = {name: value for name, value in fields.items() if value is not None}
+        base = DecodeSettings.of(defaults, renames=RENAMES)
+        return DecodeSettings.of(call, base=base, renames=RENAMES)
 
     def _call_settings(
         self, stop: list[str] | None, kwargs: Mapping[str, Any]
-    ) -> tuple[Any, dict[str, Any]]:
-        """Split a call's keywords into the engine context (None when not given) and the engine's
-        decoding keywords; unknown keywords are refused."""
-        unknown = sorted(set(kwargs) - set(CALL_KEYWORDS))
-        if unknown:
-            raise InvalidInputError(
-                f"unexpected keyword arguments {unknown}; a call accepts {list(CALL_KEYWORDS)}"
-            )
-        params = self._default_params | {k: v for k, v in kwargs.items() if k != "context"}
-        decoding = {
-            "max_new_tokens": params.pop("max_tokens"),
-            "stop": stop if stop is not None else self.stop,
-            **params,
-        }
+    ) -> tuple[Any, DecodeSettings]:
+        """Split a call's keywords into the engine context (None when not given) and its
+        decoding settings."""
+        call = {name: value for name, value in kwargs.items() if name != "context"}
+        if stop is not None:
+            call["stop"] = stop
         context = kwargs.get("context")
-        return (None if context is None else engine_context(context)), decoding
+        return (None if context is None else engine_context(context)), self._decode_settings(call)

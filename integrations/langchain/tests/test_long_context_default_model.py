@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 from langchain_parallelcomp import ChatParallelComp, create_long_context_chain
 
-from benchmarks.passkey import NOISE, QUESTION, first_integer, passkey_haystack
+from parallelcomp_llm.testing import (
+    PASSKEY_NOISE,
+    PASSKEY_QUESTION,
+    first_integer,
+    passkey_haystack,
+)
+
 
 pytestmark = pytest.mark.default_model
 KEY = 68217
@@ -15,8 +21,8 @@ KEY = 68217
 def test_passkey_over_documents_beyond_the_trained_window():
     llm = ChatParallelComp(max_tokens=16)
     count = llm.engine.count_tokens
-    noise = NOISE * (3900 // count(NOISE))
+    noise = PASSKEY_NOISE * (3900 // count(PASSKEY_NOISE))
     documents = [noise, passkey_haystack(3900, 0.4, KEY, count), noise]
     assert sum(llm.get_num_tokens(d) for d in documents) > llm.engine.native_window == 8192
-    answer = create_long_context_chain(llm).invoke({"documents": documents, "question": QUESTION})
+    answer = create_long_context_chain(llm).invoke({"documents": documents, "question": PASSKEY_QUESTION})
     assert first_integer(answer) == KEY

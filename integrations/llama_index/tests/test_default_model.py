@@ -9,15 +9,20 @@ from llama_index.core import SummaryIndex
 from llama_index.core.schema import TextNode
 from llama_index.llms.parallelcomp import LongContextQueryEngine, ParallelCompLLM
 
-from benchmarks.passkey import NOISE, QUESTION, first_integer, passkey_haystack
 from parallelcomp_llm import ParallelCompEngine
+from parallelcomp_llm.testing import (
+    PASSKEY_NOISE,
+    PASSKEY_QUESTION,
+    first_integer,
+    passkey_haystack,
+)
 
 KEY = 68217
 
 
 def _split(text: str, parts: int) -> list[str]:
     """`text` cut into `parts` pieces of about equal length, at the start of a noise sentence."""
-    cuts = [0] + [text.find(NOISE, len(text) * k // parts) for k in range(1, parts)] + [len(text)]
+    cuts = [0] + [text.find(PASSKEY_NOISE, len(text) * k // parts) for k in range(1, parts)] + [len(text)]
     return [text[start:end] for start, end in pairwise(cuts)]
 
 
@@ -33,7 +38,7 @@ def test_passkey_over_nodes_longer_than_the_trained_window():
     assert sum(engine.count_tokens(node.text) for node in nodes) > engine.native_window == 8192
 
     query_engine = LongContextQueryEngine.from_index(SummaryIndex(nodes), llm=llm)
-    response = query_engine.query(QUESTION)
+    response = query_engine.query(PASSKEY_QUESTION)
 
     assert first_integer(response.response) == KEY
     assert needle in [source.node.node_id for source in response.source_nodes]

@@ -25,11 +25,14 @@ QUESTION = "Which part matters?"
 
 
 def _expected_sources(nodes, answer) -> list[tuple[str, float]]:
-    """(node id, score) of the nodes in kept chunks, lowest question NLL first."""
+    """(node id, score) of the nodes in kept chunks, most relevant first."""
     kept = [
-        (chunk.score, d) for chunk in answer.stats.chunks if chunk.kept for d in chunk.documents
+        (-chunk.relevance, d)
+        for chunk in answer.stats.chunks
+        if chunk.kept
+        for d in chunk.documents
     ]
-    return [(nodes[d].node_id, score) for score, d in sorted(kept)]
+    return [(nodes[d].node_id, -negated) for negated, d in sorted(kept)]
 
 
 def test_query_sends_every_node_in_one_call_and_returns_the_kept_ones(engine, nodes):
@@ -60,7 +63,7 @@ def test_nodes_packed_into_one_chunk_share_its_score(engine, nodes):
     small = nodes[:2]
     response = LongContextQueryEngine(llm=llm, nodes=small).query(QUESTION)
     answer = engine.generate([node.text for node in small], QUESTION)
-    assert answer.stats.chunks_total == 1 and answer.stats.score_kind is None
+    assert answer.stats.chunks_total == 1 and answer.stats.scorer is None
     assert [(s.node.node_id, s.score) for s in response.source_nodes] == [
         ("node-0", None),
         ("node-1", None),

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.passkey import first_integer
-from parallelcomp_llm.testing import readme_snippet
+from parallelcomp_llm.testing import first_integer, readme_snippet
 
 HERE = Path(__file__).resolve()
 READMES = [HERE.parents[1] / "README.md", HERE.parents[3] / "README.md"]

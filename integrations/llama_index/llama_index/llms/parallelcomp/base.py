@@ -23,10 +23,14 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from transformers import PreTrainedTokenizerBase
 
-from parallelcomp_llm import AnswerStream, InvalidInputError, ParallelCompEngine
+from parallelcomp_llm import AnswerStream, DecodeSettings, InvalidInputError, ParallelCompEngine
 
 from . import responses
-from .options import DECODING_FIELDS, decoding_options
+
+DECODING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+"""The fields that are the engine's `DecodeSettings` of every call (validated by it)."""
+RENAMES = {"max_tokens": "max_new_tokens"}
+"""LlamaIndex's usual names of the engine's decoding settings."""
 
 
 class ParallelCompLLM(CustomLLM):
@@ -54,12 +58,12 @@ class ParallelCompLLM(CustomLLM):
         default=None,
         description="Answer length limit in tokens; None: the engine's answer_reserve_tokens.",
     )
-    temperature: float = Field(default=0.0, ge=0.0, description="0 decodes greedily.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    top_k: int | None = Field(default=None, ge=1, description="Sample from the top k tokens.")
+    temperature: float | None = Field(default=None, description="None or 0 decodes greedily.")
+    top_p: float | None = Field(default=None, description="Nucleus sampling mass.")
+    top_k: int | None = Field(default=None, description="Sample from the top k tokens.")
     seed: int | None = Field(default=None, description="Seed of the sampler.")
-    stop: list[str] = Field(
-        default_factory=list, description="Strings that end the answer (not included in it)."
+    stop: list[str] | None = Field(
+        default=None, description="Strings that end the answer (not included in it)."
     )
 
     _engine: ParallelCompEngine = PrivateAttr()
@@ -72,6 +76,7 @@ class ParallelCompLLM(CustomLLM):
         )
         super().__init__(**kwargs)
         self._engine = engine
+        self._settings({})
 
     @classmethod
     def class_name(cls) -> str:
@@ -103,34 +108,38 @@ class ParallelCompLLM(CustomLLM):
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return decoding_options({name: getattr(self, name) for name in DECODING_FIELDS}, kwargs)
+    def _settings(self, kwargs: dict[str, Any]) -> DecodeSettings:
+        """The fields' decoding settings with a call's keywords over them (`max_tokens` accepted
+        for `max_new_tokens`; unknown names refused)."""
+        fields = {name: getattr(self, name) for name in DECODING_FIELDS}
+        defaults = {name: value for name, value in fields.items() if value is not None}
+        return DecodeSettings.of(kwargs, base=DecodeSettings.of(defaults), renames=RENAMES)
 
     def _completion_stream(
         self, prompt: str, formatted: bool, kwargs: dict[str, Any]
     ) -> AnswerStream:
         context = kwargs.pop("context", None)
-        options = self._options(kwargs)
+        settings = self._settings(kwargs)
         if context is not None:
-            return self._engine.stream(context, prompt, **options)
+            return self._engine.stream(context, prompt, settings)
         if not formatted:
             prompt = self.completion_to_prompt(prompt)
-        return self._engine.stream_complete(prompt, **options)
+        return self._engine.stream_complete(prompt, settings)
 
     def _chat_stream(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> AnswerStream:
         context = kwargs.pop("context", None)
-        options = self._options(kwargs)
+        settings = self._settings(kwargs)
         turns = [
             {"role": message.role.value, "content": message.content or ""} for message in messages
         ]
         if context is None:
-            return self._engine.stream_chat(turns, **options)
+            return self._engine.stream_chat(turns, settings)
         if len(turns) != 1 or turns[0]["role"] != MessageRole.USER.value:
             raise InvalidInputError(
                 "with context=, the chat must be one user message (the question); "
                 f"got {[turn['role'] for turn in turns]}"
             )
-        return self._engine.stream(context, turns[0]["content"], **options)
+        return self._engine.stream(context, turns[0]["content"], settings)
 
     # -- sync -------------------------------------------------------------------------------
 

@@ -2,13 +2,12 @@
 
 A streamed response carries the text so far and its delta; the stream ends with one response
 whose delta is empty and whose `raw` is the engine's `Answer` (statistics, kept chunks). Async
-streams pull each delta from the engine in a worker thread, so the event loop never waits on
-the model.
+callers read the engine stream's async iteration, so the event loop never waits on the model, and
+leaving early cancels the request.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
@@ -48,12 +47,15 @@ def final_answer(stream: AnswerStream) -> Answer:
 
 
 async def afinal_answer(stream: AnswerStream) -> Answer:
-    """`final_answer` read in a worker thread; cancelling the awaiting task cancels the request
-    at once (it leaves the engine's queue, or stops at its next step)."""
+    """`final_answer` for async callers; cancelling the awaiting task cancels the request at once
+    (it leaves the engine's queue, or stops at its next step)."""
     try:
-        return await asyncio.to_thread(final_answer, stream)
+        async for _ in stream:
+            pass
     finally:
         stream.cancel()
+    assert stream.answer is not None
+    return stream.answer
 
 
 def stream_responses(stream: AnswerStream, build: Build[ResponseT]) -> Iterator[ResponseT]:
@@ -71,13 +73,12 @@ def stream_responses(stream: AnswerStream, build: Build[ResponseT]) -> Iterator[
 async def astream_responses(
     stream: AnswerStream, build: Build[ResponseT]
 ) -> AsyncIterator[ResponseT]:
-    """`stream_responses` for async callers: each delta is computed in a worker thread."""
+    """`stream_responses` for async callers."""
     text = ""
-    done = object()
     try:
-        while (delta := await asyncio.to_thread(next, stream, done)) is not done:
+        async for delta in stream:
             text += delta
             yield build(text, delta, None)
         yield build(text, "", stream.answer)
     finally:
-        await asyncio.to_thread(stream.close)
+        stream.cancel()

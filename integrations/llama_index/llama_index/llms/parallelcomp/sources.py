@@ -1,4 +1,4 @@
-"""Which nodes an answer drew on: the nodes of the chunks the engine kept, with their scores."""
+"""Which nodes an answer drew on: the nodes of the chunks the engine kept, with their relevance."""
 
 from __future__ import annotations
 
@@ -12,29 +12,17 @@ from parallelcomp_llm import Answer
 def kept_nodes(nodes: Sequence[BaseNode], answer: Answer) -> list[NodeWithScore]:
     """The nodes with at least one kept chunk, most relevant first.
 
-    `nodes[i]` is document `i` of the request. A node's score is the engine's score of its best
-    kept chunk, read as `answer.stats.score_kind` says: 'nll' (lower is more relevant) or
-    'attention' (higher is more relevant). When the engine kept every chunk without scoring
-    them, scores are None and nodes keep their order.
+    `nodes[i]` is document `i` of the request. A node's score is the engine's relevance of its
+    best kept chunk (higher is more relevant, as LlamaIndex's postprocessors expect). When the
+    engine kept every chunk without ranking them, scores are None and nodes keep their order.
     """
-    kind = answer.stats.score_kind
     best: dict[int, float | None] = {}
     for chunk in answer.stats.chunks:
         if not chunk.kept:
             continue
         for document in chunk.documents:
-            if document not in best or _better(chunk.score, best[document], kind):
-                best[document] = chunk.score
-    order = sorted(best, key=lambda document: _rank(best[document], kind))
+            known = best.get(document)
+            if document not in best or (known is not None and chunk.relevance > known):
+                best[document] = chunk.relevance
+    order = sorted(best, key=lambda document: -(best[document] or 0.0))
     return [NodeWithScore(node=nodes[document], score=best[document]) for document in order]
-
-
-def _better(score: float | None, than: float | None, kind: str | None) -> bool:
-    return score is not None and than is not None and _rank(score, kind) < _rank(than, kind)
-
-
-def _rank(score: float | None, kind: str | None) -> float:
-    """Sort key: smaller is more relevant."""
-    if score is None or kind is None:
-        return 0.0
-    return score if kind == "nll" else -score

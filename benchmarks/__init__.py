@@ -1,1 +1,0 @@
-"""Evaluation and speed benchmarks of parallelcomp-llm (not part of the installed package)."""

@@ -1,0 +1,46 @@
+"""The speed benchmarks on the CPU (`--tiny`): they run through the engine's public seams, and
+their result files say what was measured (stage timings, engine settings, revision)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from parallelcomp_llm.tracing import STAGES
+
+
+def run_module(module: str, out) -> dict:
+    command = [sys.executable, "-m", module, "--tiny", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    [written] = out.glob("*.json")
+    return json.loads(written.read_text())
+
+
+def test_speed_run_times_every_stage_from_the_observer(tmp_path):
+    record = run_module("parallelcomp_bench.speed.run", tmp_path)
+    assert record["environment"]["git"]["commit"]
+    assert record["engines"]["parallelcomp"]["stages"]["selector"]["name"] == "snapkv"
+    entries = {(e["method"], e["length"]): e for e in record["results"]}
+    engine = entries[("parallelcomp", 1024)]["median"]
+    stages = engine["stages_gpu_s"]
+    ran = {"chunk_prefill", "question_pass", "chunk_scoring", "kv_selection", "merge", "final_pass"}
+    assert ran <= {key.removesuffix("_s") for key in stages} <= set(STAGES) | {
+        "other",
+        "request_start_to_first_token",
+    }
+    assert all(stages[f"{stage}_s"] > 0 for stage in ran)
+    assert stages["request_start_to_first_token_s"] >= sum(
+        stages[f"{stage}_s"] for stage in ran
+    )
+    assert sum(engine["rows_per_prefill_pass"]) == engine["engine_stats"]["chunks_total"]
+    assert engine["new_tokens"] == record["new_tokens"]  # EOS ignored: every token made
+    full = entries[("sdpa", 1024)]["median"]
+    assert full["new_tokens"] == record["new_tokens"] and full["ttft_s"] > 0
+
+
+def test_reuse_answers_later_questions_from_the_cache(tmp_path):
+    record = run_module("parallelcomp_bench.speed.reuse", tmp_path)
+    assert record["later_questions"]["cache_hit"] is True
+    assert record["later_questions"]["chunks_prefilled"] == 0
+    assert record["engine"]["config"]["context_cache_host_fraction"] == 0.0

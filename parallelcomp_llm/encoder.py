@@ -1,0 +1,112 @@
+"""The parallel prefill of a context: its chunks encoded in batches of rows, or taken from a kept
+encoding (`ContextCache`), with fewer rows per pass when the device runs out of memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from .context_cache import CacheStore, ContextCache
+from .device import auto_batch_size, kv_bytes_per_token, model_device, release_cached_memory
+from .prefill import EncodedBatch, prefill_rows
+from .requests import Encoding
+from .scheduler import BatchControl
+from .tracing import StageTracer
+
+
+@dataclass
+class PrefillCount:
+    """How a context's chunks were had: from a kept encoding, and how many were prefilled."""
+
+    cache_hit: bool = False
+    chunks: int = 0
+
+
+class ChunkEncoder:
+    """Encodes the chunks of a context in batches of rows, or takes them from a kept encoding.
+
+    Newly encoded batches are offered to the engine's `CacheStore` when the context fits its
+    budget (on the device if it fits the device share, else in host memory). An `explicit`
+    encoding (`engine.encode`) stays on the device for its caller and goes to the store only if it
+    fits the device share. A batch that runs out of device memory is retried with half as many
+    chunks.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prefix_ids: list[int],
+        pad_id: int,
+        batch_size: int | None,
+        question_tokens: int,
+        store: CacheStore,
+        model_key: str,
+        tracer: StageTracer,
+    ) -> None:
+        self.model = model
+        self.prefix_ids = prefix_ids
+        self.pad_id = pad_id
+        self.batch_size = batch_size
+        self.question_tokens = question_tokens
+        self.store = store
+        self.model_key = model_key
+        self.tracer = tracer
+
+    def batches(
+        self,
+        encoding: Encoding,
+        count: PrefillCount,
+        progress: bool,
+        control: BatchControl,
+        explicit: bool = False,
+    ) -> Iterator[EncodedBatch]:
+        """The context's encoded batches, in chunk order; `count` says how they were had."""
+        device = model_device(self.model)
+        cache = encoding.cache or self.store.get(encoding.context_key)
+        if cache is not None:
+            count.cache_hit = True
+            yield from cache.to(device).batches
+            return
+        chunks, prefix = encoding.chunks, self.prefix_ids
+        row_tokens = len(prefix) + max(len(chunk) for chunk in chunks)
+        batch_size = self.batch_size or auto_batch_size(
+            self.model, row_tokens + self.question_tokens, self.question_tokens
+        )
+        estimate = kv_bytes_per_token(self.model) * row_tokens * len(chunks)
+        fits_device = estimate <= self.store.device_budget
+        store = estimate <= self.store.capacity and (fits_device or not explicit)
+        keep = store or explicit
+        holder = device if explicit or fits_device else torch.device("cpu")
+        kept: list[EncodedBatch] = []
+        bar = tqdm(total=len(chunks), desc="prefill", unit="chunk", disable=not progress)
+        first = 0
+        while first < len(chunks):
+            control.check()
+            indices = list(range(first, min(first + batch_size, len(chunks))))
+            rows = [prefix + chunks[i].token_ids for i in indices]
+            try:
+                with self.tracer.span("chunk_prefill"):
+                    batch = prefill_rows(self.model, rows, self.pad_id, indices)
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size //= 2
+                release_cached_memory(device)
+                continue
+            first += len(indices)
+            count.chunks += len(indices)
+            yield batch
+            if keep:
+                kept.append(batch.to(holder))
+            bar.update(len(indices))
+        bar.close()
+        if store:
+            self.store.put(
+                ContextCache(
+                    self.model_key, encoding.context_key, chunks, encoding.context_tokens, kept
+                )
+            )

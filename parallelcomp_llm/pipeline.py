@@ -1,0 +1,307 @@
+"""The ParallelComp method, stage by stage, for a batch of questions over one context.
+
+`Pipeline.answer` reads as the paper's method: the context's chunks are prefilled in parallel
+(positions restarting in every chunk); after each batch of chunks, each question runs over them
+once (the question pass), its scorer rates every chunk and its selector picks the KV entries each
+chunk keeps; then each question keeps its most relevant chunks, merges their KV, runs once more
+over the merged KV (with attention-bias calibration) and decodes. The stages are the objects of
+`parallelcomp_llm.stages`; every stage runs inside a traced span (`tracing`), and a
+`StatsRecorder` per question fills its `AnswerStats`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .answer import Answer
+from .attention import AttentionProbe
+from .config import ParallelCompConfig
+from .context_cache import CacheStore, ContextCache
+from .decoding import Decoder
+from .device import model_device, reporting_memory_errors, start_measuring
+from .encoder import ChunkEncoder, PrefillCount
+from .final_pass import FinalRow, run_final_pass, run_prompt
+from .merging import StoredChunk, merge_chunks, store_chunk
+from .models import end_token_ids, pad_token_id
+from .prefill import EncodedBatch, question_pass
+from .requests import Encoding, PromptRequest, Request
+from .scheduler import BatchControl
+from .stages import BudgetSplit, ChunkEntries, QuestionEvidence, Stages, WindowAttention
+from .stats import StatsRecorder
+from .tracing import StageTracer
+
+Events = Iterator[tuple[int, str | Answer]]
+"""(row, text delta) as text becomes final, and (row, Answer) when the row has finished."""
+
+
+@dataclass
+class Selection:
+    """One question's reading of the context, batch after batch: each chunk's relevance (when
+    chunks are ranked) and its KV after KV eviction."""
+
+    rank: bool
+    evict: bool
+    relevance: list[float] = field(default_factory=list)
+    stored: list[StoredChunk] = field(default_factory=list)
+
+    @classmethod
+    def under(cls, split: BudgetSplit, encoding: Encoding) -> Selection:
+        """What the budget asks of the context: rank its chunks when not all are kept, evict KV
+        when a chunk is longer than its share."""
+        chunks, budget = encoding.chunks, split.entries_per_chunk
+        evict = budget is not None and any(len(chunk) > budget for chunk in chunks)
+        return cls(rank=split.keep_chunks < len(chunks), evict=evict)
+
+
+class Pipeline:
+    """ParallelComp over one model, with one set of stages."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prefix_ids: list[int],
+        stages: Stages,
+        encoder: ChunkEncoder,
+        decoder: Decoder,
+        tracer: StageTracer,
+        pad_id: int,
+        dedupe_prefix: bool,
+    ) -> None:
+        self.model = model
+        self.prefix = len(prefix_ids)
+        self.stages = stages
+        self.encoder = encoder
+        self.decoder = decoder
+        self.tracer = tracer
+        self.pad_id = pad_id
+        self.dedupe_prefix = dedupe_prefix
+
+    @classmethod
+    def build(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prefix_ids: list[int],
+        stages: Stages,
+        config: ParallelCompConfig,
+        store: CacheStore,
+        model_key: str,
+        tracer: StageTracer,
+    ) -> Pipeline:
+        """The pipeline of an engine: its chunk encoder over `store`, and its decoder."""
+        pad_id = pad_token_id(tokenizer)
+        encoder = ChunkEncoder(
+            model,
+            prefix_ids,
+            pad_id,
+            config.chunk_batch_size,
+            config.question_reserve_tokens,
+            store,
+            model_key,
+            tracer,
+        )
+        decoder = Decoder(model, tokenizer, end_token_ids(model, tokenizer), pad_id, tracer)
+        return cls(
+            model, prefix_ids, stages, encoder, decoder, tracer, pad_id, config.dedupe_prefix
+        )
+
+    def answer(self, requests: list[Request], control: BatchControl) -> Events:
+        """Answer questions over one context (one encoding; a `ContextCache` given with any of
+        them serves all): shared chunk prefill, per-question selection, one batched final pass
+        and decoding."""
+        encoding = next((r.encoding for r in requests if r.encoding.cache), requests[0].encoding)
+        device = model_device(self.model)
+        with reporting_memory_errors(device):
+            recorders = self.recorders(encoding, len(requests), device)
+            split = self.stages.budget.split(len(encoding.chunks))
+            selections = [Selection.under(split, encoding) for _ in requests]
+            count = PrefillCount()
+            progress = any(request.progress for request in requests)
+            for batch in self.encoder.batches(encoding, count, progress, control):
+                for request, selection in zip(requests, selections, strict=True):
+                    evidence = self.question_pass(batch, request, selection)
+                    if selection.rank:
+                        selection.relevance += self.score(evidence)
+                    selection.stored += self.select_kv(batch, encoding, evidence, split)
+                del batch, evidence
+            rows = []
+            for number, (request, selection) in enumerate(zip(requests, selections, strict=True)):
+                recorders[number].prefilled(count.cache_hit, count.chunks if number == 0 else 0)
+                kept = self.keep_chunks(selection, split, encoding, recorders[number])
+                rows.append(self.merge(selection, kept, encoding, request, recorders[number]))
+            del selections
+            with self.tracer.span("final_pass"):
+                state = run_final_pass(self.model, rows, self.pad_id, self.stages.calibrator)
+            del rows
+            settings = [request.settings for request in requests]
+            yield from self.decoder.answers(state, settings, recorders, control)
+
+    def recorders(
+        self, encoding: Encoding, questions: int, device: torch.device
+    ) -> list[StatsRecorder]:
+        """A statistics recorder per question of a batch whose work starts now."""
+        started = start_measuring(device)
+        counts = {
+            "context_tokens": encoding.context_tokens,
+            "chunks_total": len(encoding.chunks),
+            "batch_size": questions,
+        }
+        return [StatsRecorder(device, started, **counts) for _ in range(questions)]
+
+    def question_pass(
+        self, batch: EncodedBatch, request: Request, selection: Selection
+    ) -> QuestionEvidence | None:
+        """The question after every chunk of `batch`, recording the attention the scorer and
+        the selector read; None when nothing is ranked or evicted."""
+        if not (selection.rank or selection.evict):
+            return None
+        scorer, selector = self.stages.scorer, self.stages.selector
+        asked = [scorer.observation_window if selection.rank else None]
+        asked.append(selector.observation_window if selection.evict else None)
+        question_ids = request.question_ids
+        windows = {window: min(window, len(question_ids)) for window in asked if window}
+        probe = AttentionProbe(windows=windows.values())
+        with self.tracer.span("question_pass"):
+            logits = question_pass(self.model, batch, question_ids, probe, self.pad_id)
+        return QuestionEvidence(
+            logits,
+            question_ids,
+            [slice(self.prefix, length) for length in batch.lengths],
+            {
+                window: WindowAttention(probe.window_scores[queries], queries)
+                for window, queries in windows.items()
+            },
+        )
+
+    def score(self, evidence: QuestionEvidence) -> list[float]:
+        """Each chunk's relevance to the question, by the scorer."""
+        with self.tracer.span("chunk_scoring"):
+            relevance = self.stages.scorer.score(evidence)
+        if tuple(relevance.shape) != (len(evidence.context),):
+            raise TypeError(
+                f"{type(self.stages.scorer).__name__}.score returned shape "
+                f"{tuple(relevance.shape)}, expected ({len(evidence.context)},)"
+            )
+        return relevance.float().tolist()
+
+    def select_kv(
+        self,
+        batch: EncodedBatch,
+        encoding: Encoding,
+        evidence: QuestionEvidence | None,
+        split: BudgetSplit,
+    ) -> list[StoredChunk]:
+        """Every chunk of `batch` copied out with the KV entries the selector keeps within the
+        budget (all entries of a chunk within it)."""
+        selector, budget = self.stages.selector, split.entries_per_chunk
+        window = selector.observation_window
+        stored = []
+        with self.tracer.span("kv_selection"):
+            for row, index in enumerate(batch.chunk_indices):
+                length = len(encoding.chunks[index])
+                context = slice(self.prefix, self.prefix + length)
+                picks = None
+                if evidence is not None and budget is not None and length > budget:
+                    attention = evidence.window_attention(window).scores if window else None
+                    picks = [
+                        self._picked(
+                            ChunkEntries(
+                                layer,
+                                batch.keys[layer][row, :, context],
+                                batch.values[layer][row, :, context],
+                                attention[layer][row, :, context] if attention else None,
+                            ),
+                            budget,
+                        )
+                        for layer in range(len(batch.keys))
+                    ]
+                keep_prefix = index == 0 or not self.dedupe_prefix
+                stored.append(store_chunk(batch, row, length, self.prefix, picks, keep_prefix))
+        return stored
+
+    def _picked(self, entries: ChunkEntries, budget: int) -> torch.Tensor:
+        picked = self.stages.selector.select(entries, budget)
+        expected = (entries.keys.shape[0], min(budget, entries.tokens))
+        if tuple(picked.shape) != expected:
+            raise TypeError(
+                f"{type(self.stages.selector).__name__}.select returned shape "
+                f"{tuple(picked.shape)}, expected {expected}"
+            )
+        return picked
+
+    def keep_chunks(
+        self, selection: Selection, split: BudgetSplit, encoding: Encoding, recorder: StatsRecorder
+    ) -> list[int]:
+        """The indices of the chunks that survive, in context order: the most relevant ones."""
+        chunks, scorer = encoding.chunks, self.stages.scorer
+        with self.tracer.span("chunk_eviction"):
+            if selection.rank:
+                order = sorted(
+                    range(len(chunks)), key=lambda i: selection.relevance[i], reverse=True
+                )
+                kept = sorted(order[: split.keep_chunks])
+            else:
+                kept = list(range(len(chunks)))
+        recorder.selected(
+            chunks,
+            kept,
+            selection.relevance if selection.rank else None,
+            (scorer.name or type(scorer).__name__) if selection.rank else None,
+        )
+        return kept
+
+    def merge(
+        self,
+        selection: Selection,
+        kept: list[int],
+        encoding: Encoding,
+        request: Request,
+        recorder: StatsRecorder,
+    ) -> FinalRow:
+        """The kept chunks' KV merged into one; the question starts after the longest of them."""
+        calibrator = self.stages.calibrator
+        with self.tracer.span("merge"):
+            merged = merge_chunks(
+                selection.stored,
+                kept,
+                self.dedupe_prefix,
+                calibrator.layer_range if calibrator else None,
+            )
+        selection.stored = []
+        recorder.merged(merged.entries, len(request.question_ids))
+        start = self.prefix + max(len(encoding.chunks[i]) for i in kept)
+        return FinalRow(merged, request.question_ids, start)
+
+    def encode(
+        self, encoding: Encoding, progress: bool, control: BatchControl
+    ) -> Iterator[tuple[int, ContextCache]]:
+        """Prefill every chunk of one context, for `engine.encode`: yield (0, its cache)."""
+        with reporting_memory_errors(model_device(self.model)):
+            batches = list(
+                self.encoder.batches(encoding, PrefillCount(), progress, control, explicit=True)
+            )
+        yield (
+            0,
+            ContextCache(
+                self.encoder.model_key,
+                encoding.context_key,
+                encoding.chunks,
+                encoding.context_tokens,
+                batches,
+            ),
+        )
+
+    def continue_prompt(self, request: PromptRequest, control: BatchControl) -> Events:
+        """Run a plain prompt as an ordinary LLM and decode (`complete`, `chat`)."""
+        device = model_device(self.model)
+        with reporting_memory_errors(device):
+            recorder = StatsRecorder(
+                device, start_measuring(device), prompt_tokens=len(request.prompt_ids)
+            )
+            with self.tracer.span("prompt_prefill"):
+                state = run_prompt(self.model, request.prompt_ids)
+            yield from self.decoder.answers(state, [request.settings], [recorder], control)

@@ -1,0 +1,89 @@
+"""`AnswerStream`: a request's text deltas as they are decoded, for sync and async callers.
+
+Each stream reads its own queue of events, so streams read at different paces do not hold one
+another up. Async iteration relays the events from a thread to the event loop, which never waits
+on the model; a consumer that leaves (breaks out, is cancelled, drops the iterator) cancels the
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+from .answer import Answer
+
+if TYPE_CHECKING:
+    from .scheduler import RowEvents
+
+
+class AnswerStream(Iterator[str]):
+    """Iterator (and async iterator) of text deltas; `answer` holds the full `Answer` once the
+    stream is exhausted. `close()`, or dropping the stream, cancels the request."""
+
+    def __init__(self, events: RowEvents) -> None:
+        self._events = events
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> str:
+        for event in self._events:
+            if isinstance(event, Answer):
+                self.answer = event
+                continue
+            return event
+        raise StopIteration
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._relayed()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the request was cancelled before its answer (by `close`, `cancel` or an async
+        consumer that left)."""
+        return self._events.cancelled
+
+    def close(self) -> None:
+        """Stop generating; return once the model no longer works for this request."""
+        self._events.close()
+
+    def cancel(self) -> None:
+        """Stop generating without waiting for the model to let the request go (at its next step
+        at the latest): for code that must not block, such as an event loop."""
+        self._events.close(wait=False)
+
+    async def _relayed(self) -> AsyncIterator[str]:
+        """The deltas read in a relay thread and handed to the running event loop."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str | None, BaseException | None]] = asyncio.Queue()
+
+        def put(delta: str | None, error: BaseException | None = None) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (delta, error))
+            except RuntimeError:  # the loop has closed: nobody is listening any more
+                self.cancel()
+
+        def relay() -> None:
+            try:
+                for delta in self:
+                    put(delta)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the event loop
+                put(None, error)
+                return
+            put(None)
+
+        threading.Thread(target=relay, name="parallelcomp-stream", daemon=True).start()
+        try:
+            while True:
+                delta, error = await events.get()
+                if error is not None:
+                    raise error
+                if delta is None:
+                    return
+                yield delta
+        finally:
+            self.cancel()
