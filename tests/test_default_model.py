@@ -34,7 +34,10 @@ def test_cli_finds_a_passkey_beyond_the_trained_window(tmp_path, capsys):
     assert count(haystack) > 8192
     path = tmp_path / "haystack.txt"
     path.write_text(haystack, encoding="utf-8")
-    assert main(["ask", "--context", str(path), "--max-new-tokens", "16", "--stats", PASSKEY_QUESTION]) == 0
+    assert (
+        main(["ask", "--context", str(path), "--max-new-tokens", "16", "--stats", PASSKEY_QUESTION])
+        == 0
+    )
     out, err = capsys.readouterr()
     assert first_integer(out) == key
     assert '"chunks_total": 8' in err  # 14,000 tokens in chunks of 1,914

@@ -10,30 +10,36 @@ import sys
 from parallelcomp_llm.tracing import STAGES
 
 
-def run_module(module: str, out) -> dict:
-    command = [sys.executable, "-m", module, "--tiny", "--out", str(out)]
+def run_module(module: str, out, *options: str) -> dict:
+    """Run `module --tiny` writing into `out`; the record it wrote."""
+    command = [sys.executable, "-m", module, "--tiny", "--out", str(out), *options]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     [written] = out.glob("*.json")
     return json.loads(written.read_text())
 
 
 def test_speed_run_times_every_stage_from_the_observer(tmp_path):
-    record = run_module("parallelcomp_bench.speed.run", tmp_path)
+    record = run_module("parallelcomp_bench.speed.run", tmp_path, "--profile")
     assert record["environment"]["git"]["commit"]
     assert record["engines"]["parallelcomp"]["stages"]["selector"]["name"] == "snapkv"
     entries = {(e["method"], e["length"]): e for e in record["results"]}
     engine = entries[("parallelcomp", 1024)]["median"]
     stages = engine["stages_gpu_s"]
     ran = {"chunk_prefill", "question_pass", "chunk_scoring", "kv_selection", "merge", "final_pass"}
-    assert ran <= {key.removesuffix("_s") for key in stages} <= set(STAGES) | {
-        "other",
-        "request_start_to_first_token",
-    }
-    assert all(stages[f"{stage}_s"] > 0 for stage in ran)
-    assert stages["request_start_to_first_token_s"] >= sum(
-        stages[f"{stage}_s"] for stage in ran
+    assert (
+        ran
+        <= {key.removesuffix("_s") for key in stages}
+        <= set(STAGES)
+        | {
+            "other",
+            "request_start_to_first_token",
+        }
     )
+    assert all(stages[f"{stage}_s"] > 0 for stage in ran)
+    assert stages["request_start_to_first_token_s"] >= sum(stages[f"{stage}_s"] for stage in ran)
+    # the profiled request after the timed ones leaves their records as they were
     assert sum(engine["rows_per_prefill_pass"]) == engine["engine_stats"]["chunks_total"]
+    assert "parallelcomp/chunk_prefill" in (tmp_path / record["profile"]["table_file"]).read_text()
     assert engine["new_tokens"] == record["new_tokens"]  # EOS ignored: every token made
     full = entries[("sdpa", 1024)]["median"]
     assert full["new_tokens"] == record["new_tokens"] and full["ttft_s"] > 0

@@ -100,7 +100,7 @@ def run_parallelcomp(
             "prefill_seconds": stats.prefill_seconds,
             "decode_seconds": stats.decode_seconds,
         },
-        "rows_per_prefill_pass": timer.batches,
+        "rows_per_prefill_pass": list(timer.batches),
         "stages_gpu_s": stage_gpu,
         "chunk_prefill_flops": chunk_flops,
         "chunk_prefill_tflops": chunk_flops / stage_gpu["chunk_prefill_s"] / 1e12
@@ -430,7 +430,9 @@ def profile_request(
     engine.model.set_attn_implementation(implementation_name(engine.config.attn_implementation))
     engine.clear_context_cache()
     free_memory(device)
-    with profile(activities=activities) as prof:
+    # The model runs in the engine's worker thread: profile every thread, not only this one.
+    threads = torch.profiler._ExperimentalConfig(profile_all_threads=True)
+    with profile(activities=activities, experimental_config=threads) as prof:
         engine.generate(context, QUESTION, max_new_tokens=new_tokens, ignore_eos=True)
         device_work_done(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
