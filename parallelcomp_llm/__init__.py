@@ -13,13 +13,15 @@ from .errors import (
     InvalidInputError,
     ModelDownloadError,
     ParallelCompError,
+    RequestCancelledError,
     RequestTimeoutError,
+    StageError,
     UnsupportedModelError,
 )
 from .streams import AnswerStream
 from .tracing import StageObserver
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Answer",
@@ -38,7 +40,9 @@ __all__ = [
     "ParallelCompConfig",
     "ParallelCompEngine",
     "ParallelCompError",
+    "RequestCancelledError",
     "RequestTimeoutError",
+    "StageError",
     "StageObserver",
     "UnsupportedModelError",
 ]

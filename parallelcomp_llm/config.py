@@ -6,11 +6,18 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
+from .chunking import MIN_CHUNK_TOKENS
 from .errors import CheckedModel
-from .stages.budget import KeepChunks, KVBudget
-from .stages.calibration import BiasThreshold, LayerRange, Region, RegionTokens
+from .stages.base import Stage
+from .stages.budget import EvenBudget, KeepChunks, KVBudget
+from .stages.calibration import BiasCalibrator, BiasThreshold, LayerRange, Region, RegionTokens
 from .stages.scoring import SCORERS
-from .stages.selection import SELECTORS, ObservationWindow, PoolingKernel
+from .stages.selection import SELECTORS, ObservationWindow, PoolingKernel, SnapKVSelector
+
+
+def _stage_default(stage: type[Stage], parameter: str) -> object:
+    """The default of a stage's parameter: the one place it is written."""
+    return stage.model_fields[parameter].default
 
 
 class ParallelCompConfig(CheckedModel):
@@ -27,7 +34,7 @@ class ParallelCompConfig(CheckedModel):
 
     chunk_tokens: int | None = Field(
         None,
-        ge=16,
+        ge=MIN_CHUNK_TOKENS,
         description="Context tokens per chunk. Default: a context that fits the room the trained "
         "window leaves beside the prompt template, `question_reserve_tokens` and "
         "`answer_reserve_tokens` is one chunk; a longer one is split into chunks of "
@@ -52,7 +59,7 @@ class ParallelCompConfig(CheckedModel):
         None, ge=1, description="Chunks per forward pass. Default: chosen from free memory."
     )
     keep_chunks: KeepChunks = Field(
-        3,
+        _stage_default(EvenBudget, "keep_chunks"),
         description="Chunks kept after scoring: a count (int >= 1) or a fraction of all chunks "
         "(float in (0, 1]).",
     )
@@ -67,20 +74,21 @@ class ParallelCompConfig(CheckedModel):
         "chunk: 'snapkv' (attention of the last question tokens, max-pooled).",
     )
     kv_budget: KVBudget = Field(
-        3072,
+        _stage_default(EvenBudget, "kv_budget"),
         description="KV entries per layer and KV head that the answer is decoded over, shared "
         "evenly by the kept chunks, each evicted to its share (SnapKV-style): 1024 a chunk when "
         "3 are kept, all 3072 when the context is one chunk. None keeps every entry of the kept "
         "chunks. Chosen from RULER runs: see benchmarks/results/tuning/.",
     )
     observation_window: ObservationWindow = Field(
-        32,
+        _stage_default(SnapKVSelector, "observation_window"),
         description="Last question tokens whose attention scores the KV entries (all of them when "
         "the question block is shorter). 32 rather than 8, so that the question's own words vote, "
         "not only the chat template's closing tokens: see benchmarks/results/tuning/.",
     )
     pooling_kernel: PoolingKernel = Field(
-        15, description="Width of the max-pooling over token scores (odd)."
+        _stage_default(SnapKVSelector, "pooling_kernel"),
+        description="Width of the max-pooling over token scores (odd).",
     )
     calibration_layers: LayerRange | None = Field(
         None,
@@ -88,13 +96,15 @@ class ParallelCompConfig(CheckedModel):
         "evicted; None switches calibration off.",
     )
     calibration_region: Region = Field(
-        "all", description="Where in each chunk bias tokens may be evicted."
+        _stage_default(BiasCalibrator, "region"),
+        description="Where in each chunk bias tokens may be evicted.",
     )
     calibration_region_tokens: RegionTokens = Field(
-        100, description="Size of the 'sink' and 'recent' regions of a chunk."
+        _stage_default(BiasCalibrator, "region_tokens"),
+        description="Size of the 'sink' and 'recent' regions of a chunk.",
     )
     calibration_threshold: BiasThreshold = Field(
-        10.0,
+        _stage_default(BiasCalibrator, "threshold"),
         description="A KV entry is a bias token when the question's mean attention to it exceeds "
         "this multiple of the uniform share (1 / number of entries).",
     )

@@ -67,6 +67,14 @@ class ContextCache:
     def nbytes(self) -> int:
         return sum(batch.nbytes for batch in self.batches)
 
+    def check_made_for(self, model_key: str) -> None:
+        """`ContextCacheMismatchError` unless the cache was made for `model_key`."""
+        if self.model_key != model_key:
+            raise ContextCacheMismatchError(
+                "this context cache was made for another model or other chunking settings; "
+                "encode the context again with this engine"
+            )
+
     @property
     def device(self) -> torch.device:
         return self.batches[0].keys[0].device

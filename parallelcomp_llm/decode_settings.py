@@ -63,6 +63,43 @@ class DecodeSettings(CheckedModel):
         return self.temperature == 0.0
 
     @classmethod
+    def from_fields(
+        cls,
+        fields: Mapping[str, Any],
+        call: Mapping[str, Any],
+        renames: Mapping[str, str] | None = None,
+    ) -> DecodeSettings:
+        """The settings an integration's object holds as `fields` (None: not set, the default),
+        with one call's keywords over them; both may use the framework's names (`renames`)."""
+        given = {name: value for name, value in fields.items() if value is not None}
+        return cls.of(call, base=cls.of(given, renames=renames), renames=renames)
+
+    @classmethod
+    def for_call(
+        cls,
+        settings: object,
+        options: Mapping[str, Any],
+        default_max_new_tokens: int,
+        max_new_tokens_limit: int | None,
+    ) -> DecodeSettings:
+        """A call's settings: `settings` (None or a `DecodeSettings`) with the keyword `options`
+        over it, `max_new_tokens` defaulting to `default_max_new_tokens` and at most
+        `max_new_tokens_limit`."""
+        if settings is not None and not isinstance(settings, DecodeSettings):
+            raise InvalidInputError(
+                f"settings must be DecodeSettings, got {type(settings).__name__}"
+            )
+        decoding = cls.of(options, base=settings)
+        if decoding.max_new_tokens is None:
+            decoding = cls.of({"max_new_tokens": default_max_new_tokens}, base=decoding)
+        limit = max_new_tokens_limit
+        if limit is not None and decoding.max_new_tokens > limit:
+            raise InvalidInputError(
+                f"max_new_tokens={decoding.max_new_tokens} is over this engine's limit of {limit}"
+            )
+        return decoding
+
+    @classmethod
     def of(
         cls,
         options: Mapping[str, Any],
@@ -80,9 +117,10 @@ class DecodeSettings(CheckedModel):
                 f"unexpected keyword arguments {unknown}; decoding settings: {', '.join(accepted)}"
             )
         renamed: dict[str, Any] = {}
+        spelled: dict[str, str] = {}
         for name, value in options.items():
             target = renames.get(name, name)
             if target in renamed:
-                raise InvalidInputError(f"{target} given twice (as {name} and as {target})")
-            renamed[target] = value
+                raise InvalidInputError(f"{target} given twice, as {spelled[target]} and as {name}")
+            renamed[target], spelled[target] = value, name
         return cls(**((base.model_dump() if base else {}) | renamed))

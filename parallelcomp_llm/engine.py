@@ -18,7 +18,7 @@ from .admission import Deadline
 from .answer import Answer
 from .chunking import ChunkPlan
 from .config import ParallelCompConfig
-from .context_cache import CacheStore, ContextCache, ContextCacheMismatchError, digest, model_key
+from .context_cache import CacheStore, ContextCache, digest, model_key
 from .decode_settings import DecodeSettings
 from .device import device_memory, host_memory, model_device
 from .errors import ContextTooLongError, InvalidInputError
@@ -70,12 +70,11 @@ class ParallelCompEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = model_device(model)
-        self.stages = Stages.from_config(
+        stages = Stages.from_config(
             config, scorer=scorer, selector=selector, budget=budget, calibrator=calibrator
         )
-        """The stages this engine runs (`parallelcomp_llm.stages`)."""
         kernel = resolve_kernel(config.attn_implementation, self.device)
-        check_calibrator(self.stages.calibrator, model.config, kernel)
+        check_calibrator(stages.calibrator, model.config, kernel)
         use_hooked_attention(model, kernel)
         self.native_window: int = int(model.config.max_position_embeddings)
         """The model's trained context window, in tokens."""
@@ -108,7 +107,7 @@ class ParallelCompEngine:
             model,
             tokenizer,
             self.prompts.prefix_ids,
-            self.stages,
+            stages,
             self.config,
             self._store,
             self.model_key,
@@ -158,6 +157,11 @@ class ParallelCompEngine:
         return self.config.max_context_tokens
 
     @property
+    def stages(self) -> Stages:
+        """The stages this engine runs (`parallelcomp_llm.stages`)."""
+        return self._pipeline.stages
+
+    @property
     def pad_token_id(self) -> int:
         """The token id rows are padded with: the tokenizer's pad token, else its EOS, else 0."""
         return self._pipeline.pad_id
@@ -178,6 +182,10 @@ class ParallelCompEngine:
         """Whether the model works for some request."""
         return self._scheduler.busy
 
+    def describe(self) -> dict[str, Any]:
+        """The resolved settings and the stages, as JSON data (for result records and logs)."""
+        return {"config": self.config.model_dump(mode="json"), "stages": self.stages.describe()}
+
     def count_tokens(self, text: str) -> int:
         """Number of tokens of `text` in the model's tokenizer (no special tokens)."""
         return len(self.prompts.encode(text))
@@ -194,7 +202,7 @@ class ParallelCompEngine:
         """Prefill every chunk of `context` once; pass the result to `generate` or `stream` in
         place of the text to answer further questions without encoding it again. The engine also
         keeps recently encoded contexts by itself (see `context_cache_*_fraction`)."""
-        deadline = Deadline.within(timeout_s, self.config.request_timeout_s)
+        deadline = self._deadline(timeout_s)
         encoding = self._encoding(context)
         if encoding.cache is not None:
             return encoding.cache
@@ -212,7 +220,7 @@ class ParallelCompEngine:
         """Read a cache saved with `ContextCache.save`; refuse one made for another model or
         other settings (`ContextCacheMismatchError`)."""
         cache = ContextCache.load(path, self.device)
-        self._check_cache(cache)
+        cache.check_made_for(self.model_key)
         self._store.put(cache)
         return cache
 
@@ -242,7 +250,7 @@ class ParallelCompEngine:
         stream = self.stream(
             context, question, settings, progress=progress, timeout_s=timeout_s, **options
         )
-        return _drain(stream)
+        return stream.wait()
 
     def stream(
         self,
@@ -261,10 +269,7 @@ class ParallelCompEngine:
         `EngineBusyError`. The request is queued by this call and runs whether or not the stream
         is read; closing the stream, or dropping it, cancels it.
         """
-        decoding, deadline = (
-            self._settings(settings, options),
-            Deadline.within(timeout_s, self.config.request_timeout_s),
-        )
+        decoding, deadline = self._settings(settings, options), self._deadline(timeout_s)
         request = self._request(self._encoding(context), question, decoding, deadline, progress)
         return self._answer_streams([request])[0]
 
@@ -283,87 +288,78 @@ class ParallelCompEngine:
         batch. Answers come in the order of `questions`."""
         if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
             raise InvalidInputError("questions must be a non-empty sequence of strings")
-        decoding, deadline = (
-            self._settings(settings, options),
-            Deadline.within(timeout_s, self.config.request_timeout_s),
-        )
+        decoding, deadline = self._settings(settings, options), self._deadline(timeout_s)
         encoding = self._encoding(context)
         requests = [self._request(encoding, q, decoding, deadline, progress) for q in questions]
-        return [_drain(stream) for stream in self._answer_streams(requests)]
+        return [stream.wait() for stream in self._answer_streams(requests)]
 
     # -- the model as an ordinary LLM -------------------------------------------------------
 
     def complete(
-        self, prompt: str, settings: DecodeSettings | None = None, **options: Any
+        self,
+        prompt: str,
+        settings: DecodeSettings | None = None,
+        *,
+        timeout_s: float | None = None,
+        **options: Any,
     ) -> Answer:
         """Continue `prompt` as an ordinary LLM (no context, no template; within the trained
         window); options as for `generate`."""
-        return _drain(self.stream_complete(prompt, settings, **options))
+        return self.stream_complete(prompt, settings, timeout_s=timeout_s, **options).wait()
 
     def stream_complete(
-        self, prompt: str, settings: DecodeSettings | None = None, **options: Any
+        self,
+        prompt: str,
+        settings: DecodeSettings | None = None,
+        *,
+        timeout_s: float | None = None,
+        **options: Any,
     ) -> AnswerStream:
         """`complete` as an iterator of text deltas."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidInputError("prompt must be a non-empty string")
-        return self._prompt_stream(self.prompts.completion_ids(prompt), settings, options)
+        return self._prompt_stream(
+            self.prompts.completion_ids(prompt), settings, timeout_s, options
+        )
 
     def chat(
         self,
         messages: Sequence[dict[str, str]],
         settings: DecodeSettings | None = None,
+        *,
+        timeout_s: float | None = None,
         **options: Any,
     ) -> Answer:
         """Answer a chat (role/content dicts) with the chat template, no separate context."""
-        return _drain(self.stream_chat(messages, settings, **options))
+        return self.stream_chat(messages, settings, timeout_s=timeout_s, **options).wait()
 
     def stream_chat(
         self,
         messages: Sequence[dict[str, str]],
         settings: DecodeSettings | None = None,
+        *,
+        timeout_s: float | None = None,
         **options: Any,
     ) -> AnswerStream:
         """`chat` as an iterator of text deltas."""
-        if not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
-        ):
-            raise InvalidInputError(
-                "messages must be a non-empty list of {'role', 'content'} dicts"
-            )
-        ids = self.prompts.chat_prompt_ids(list(messages))
-        return self._prompt_stream(ids, settings, options)
+        ids = self.prompts.chat_prompt_ids(messages)
+        return self._prompt_stream(ids, settings, timeout_s, options)
 
     # -- validation -------------------------------------------------------------------------
 
-    def _settings(self, settings: DecodeSettings | None, options: dict[str, Any]) -> DecodeSettings:
-        """The call's decoding settings, `max_new_tokens` resolved and within the engine's limit."""
-        if settings is not None and not isinstance(settings, DecodeSettings):
-            raise InvalidInputError(
-                f"settings must be DecodeSettings, got {type(settings).__name__}"
-            )
-        decoding = DecodeSettings.of(options, base=settings)
-        if decoding.max_new_tokens is None:
-            decoding = DecodeSettings.of(
-                {"max_new_tokens": self.config.answer_reserve_tokens}, base=decoding
-            )
-        limit = self.config.max_new_tokens_limit
-        if limit is not None and decoding.max_new_tokens > limit:
-            raise InvalidInputError(
-                f"max_new_tokens={decoding.max_new_tokens} is over this engine's limit of {limit}"
-            )
-        return decoding
+    def _deadline(self, timeout_s: float | None) -> Deadline:
+        return Deadline.within(timeout_s, self.config.request_timeout_s)
 
-    def _check_cache(self, cache: ContextCache) -> None:
-        if cache.model_key != self.model_key:
-            raise ContextCacheMismatchError(
-                "this context cache was made for another model or other chunking settings; "
-                "encode the context again with this engine"
-            )
+    def _settings(self, settings: DecodeSettings | None, options: dict[str, Any]) -> DecodeSettings:
+        config = self.config
+        return DecodeSettings.for_call(
+            settings, options, config.answer_reserve_tokens, config.max_new_tokens_limit
+        )
 
     def _encoding(self, context: Context) -> Encoding:
         """Tokenize and chunk `context`, or take the chunks of a given `ContextCache`."""
         if isinstance(context, ContextCache):
-            self._check_cache(context)
+            context.check_made_for(self.model_key)
             return Encoding(context.chunks, context.context_tokens, context.context_key, context)
         documents = [self.prompts.encode(d) if d.strip() else [] for d in documents_of(context)]
         context_tokens = sum(len(ids) for ids in documents)
@@ -417,17 +413,19 @@ class ParallelCompEngine:
         return [AnswerStream(events) for events in self._scheduler.submit(job)]
 
     def _prompt_stream(
-        self, prompt_ids: list[int], settings: DecodeSettings | None, options: dict[str, Any]
+        self,
+        prompt_ids: list[int],
+        settings: DecodeSettings | None,
+        timeout_s: float | None,
+        options: dict[str, Any],
     ) -> AnswerStream:
-        decoding = self._settings(settings, options)
+        decoding, deadline = self._settings(settings, options), self._deadline(timeout_s)
         if len(prompt_ids) + decoding.max_new_tokens > self.native_window:
             raise InvalidInputError(
                 f"prompt ({len(prompt_ids)} tokens) plus max_new_tokens={decoding.max_new_tokens} "
                 f"exceeds the trained window of {self.native_window}; pass long text as context"
             )
-        request = PromptRequest(
-            prompt_ids, decoding, Deadline.within(None, self.config.request_timeout_s)
-        )
+        request = PromptRequest(prompt_ids, decoding, deadline)
         job = Job(
             [request],
             lambda requests, control: self._pipeline.continue_prompt(requests[0], control),
@@ -437,10 +435,3 @@ class ParallelCompEngine:
         )
         [events] = self._scheduler.submit(job)
         return AnswerStream(events)
-
-
-def _drain(stream: AnswerStream) -> Answer:
-    for _ in stream:
-        pass
-    assert stream.answer is not None
-    return stream.answer

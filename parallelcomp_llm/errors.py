@@ -40,6 +40,15 @@ class RequestTimeoutError(ParallelCompError, TimeoutError):
     """A request waited or ran longer than `request_timeout_s`."""
 
 
+class RequestCancelledError(ParallelCompError):
+    """The answer was asked for of a request that had been cancelled."""
+
+
+class StageError(ParallelCompError, TypeError):
+    """A stage returned what its contract does not allow (a custom scorer, selector or budget
+    policy with a bug)."""
+
+
 class DeviceMemoryError(ParallelCompError, MemoryError):
     """The device ran out of memory, even with one chunk per forward pass."""
 

@@ -26,11 +26,12 @@ from .device import model_device, reporting_memory_errors, start_measuring
 from .encoder import ChunkEncoder, PrefillCount
 from .final_pass import FinalRow, run_final_pass, run_prompt
 from .merging import StoredChunk, merge_chunks, store_chunk
-from .models import end_token_ids, pad_token_id
+from .models import end_token_ids, pad_token_id, use_hooked_attention
 from .prefill import EncodedBatch, question_pass
 from .requests import Encoding, PromptRequest, Request
 from .scheduler import BatchControl
 from .stages import BudgetSplit, ChunkEntries, QuestionEvidence, Stages, WindowAttention
+from .stages.contract import checked_picks, checked_relevance, checked_split
 from .stats import StatsRecorder
 from .tracing import StageTracer
 
@@ -70,6 +71,7 @@ class Pipeline:
         tracer: StageTracer,
         pad_id: int,
         dedupe_prefix: bool,
+        kernel: str,
     ) -> None:
         self.model = model
         self.prefix = len(prefix_ids)
@@ -79,6 +81,7 @@ class Pipeline:
         self.tracer = tracer
         self.pad_id = pad_id
         self.dedupe_prefix = dedupe_prefix
+        self.kernel = kernel
 
     @classmethod
     def build(
@@ -106,18 +109,29 @@ class Pipeline:
         )
         decoder = Decoder(model, tokenizer, end_token_ids(model, tokenizer), pad_id, tracer)
         return cls(
-            model, prefix_ids, stages, encoder, decoder, tracer, pad_id, config.dedupe_prefix
+            model,
+            prefix_ids,
+            stages,
+            encoder,
+            decoder,
+            tracer,
+            pad_id,
+            config.dedupe_prefix,
+            config.attn_implementation,
         )
 
     def answer(self, requests: list[Request], control: BatchControl) -> Events:
         """Answer questions over one context (one encoding; a `ContextCache` given with any of
         them serves all): shared chunk prefill, per-question selection, one batched final pass
-        and decoding."""
+        and decoding. The model is switched back to the engine's hooked attention kernel first,
+        in case other code (a baseline over the same model) switched it."""
+        use_hooked_attention(self.model, self.kernel)
         encoding = next((r.encoding for r in requests if r.encoding.cache), requests[0].encoding)
         device = model_device(self.model)
         with reporting_memory_errors(device):
             recorders = self.recorders(encoding, len(requests), device)
-            split = self.stages.budget.split(len(encoding.chunks))
+            budget, chunks = self.stages.budget, len(encoding.chunks)
+            split = checked_split(budget, budget.split(chunks), chunks)
             selections = [Selection.under(split, encoding) for _ in requests]
             count = PrefillCount()
             progress = any(request.progress for request in requests)
@@ -127,7 +141,8 @@ class Pipeline:
                     if selection.rank:
                         selection.relevance += self.score(evidence)
                     selection.stored += self.select_kv(batch, encoding, evidence, split)
-                del batch, evidence
+                    del evidence  # its logits: one question's at a time
+                del batch
             rows = []
             for number, (request, selection) in enumerate(zip(requests, selections, strict=True)):
                 recorders[number].prefilled(count.cache_hit, count.chunks if number == 0 else 0)
@@ -179,14 +194,10 @@ class Pipeline:
 
     def score(self, evidence: QuestionEvidence) -> list[float]:
         """Each chunk's relevance to the question, by the scorer."""
+        scorer = self.stages.scorer
         with self.tracer.span("chunk_scoring"):
-            relevance = self.stages.scorer.score(evidence)
-        if tuple(relevance.shape) != (len(evidence.context),):
-            raise TypeError(
-                f"{type(self.stages.scorer).__name__}.score returned shape "
-                f"{tuple(relevance.shape)}, expected ({len(evidence.context)},)"
-            )
-        return relevance.float().tolist()
+            relevance = scorer.score(evidence)
+        return checked_relevance(scorer, relevance, len(evidence.context))
 
     def select_kv(
         self,
@@ -224,14 +235,10 @@ class Pipeline:
         return stored
 
     def _picked(self, entries: ChunkEntries, budget: int) -> torch.Tensor:
-        picked = self.stages.selector.select(entries, budget)
-        expected = (entries.keys.shape[0], min(budget, entries.tokens))
-        if tuple(picked.shape) != expected:
-            raise TypeError(
-                f"{type(self.stages.selector).__name__}.select returned shape "
-                f"{tuple(picked.shape)}, expected {expected}"
-            )
-        return picked
+        selector = self.stages.selector
+        picked = selector.select(entries, budget)
+        heads, count = int(entries.keys.shape[0]), min(budget, entries.tokens)
+        return checked_picks(selector, picked, heads, count)
 
     def keep_chunks(
         self, selection: Selection, split: BudgetSplit, encoding: Encoding, recorder: StatsRecorder

@@ -8,11 +8,12 @@ strings and cut at them, so every chunk sees an ordinary in-window prompt.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from .errors import InvalidConfigError
+from .errors import InvalidConfigError, InvalidInputError
 
 _CONTEXT_MARK = "\x00PARALLELCOMP_CONTEXT\x00"
 _QUESTION_MARK = "\x00PARALLELCOMP_QUESTION\x00"
@@ -81,8 +82,16 @@ class PromptBuilder:
         """Token ids of a plain prompt to continue (no template; BOS for base models)."""
         return self._bos + self.encode(prompt)
 
-    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of a whole chat (no separate context), ready for the answer."""
+    def chat_prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of a whole chat (no separate context), ready for the answer;
+        `InvalidInputError` unless `messages` is a non-empty list of role/content dicts."""
+        if not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+        ):
+            raise InvalidInputError(
+                "messages must be a non-empty list of {'role', 'content'} dicts"
+            )
+        messages = list(messages)
         if self.template.add_bos or not getattr(self.tokenizer, "chat_template", None):
             text = "\n\n".join(m["content"] for m in messages) + self.template.suffix
             return self._bos + self.encode(text)

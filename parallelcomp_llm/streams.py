@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 from .answer import Answer
+from .errors import RequestCancelledError
 
 if TYPE_CHECKING:
     from .scheduler import RowEvents
@@ -25,6 +26,7 @@ class AnswerStream(Iterator[str]):
 
     def __init__(self, events: RowEvents) -> None:
         self._events = events
+        self._relay: AsyncIterator[str] | None = None
         self.answer: Answer | None = None
 
     def __iter__(self) -> AnswerStream:
@@ -39,7 +41,28 @@ class AnswerStream(Iterator[str]):
         raise StopIteration
 
     def __aiter__(self) -> AsyncIterator[str]:
-        return self._relayed()
+        if self._relay is None:
+            self._relay = self._relayed()
+        return self._relay
+
+    def wait(self) -> Answer:
+        """Read the stream to its end; its `Answer`. `RequestCancelledError` when the request
+        was cancelled before it."""
+        for _ in self:
+            pass
+        return self._final()
+
+    async def wait_async(self) -> Answer:
+        """`wait` for async callers (the event loop never waits on the model); cancelling the
+        awaiting task cancels the request."""
+        async for _ in self:
+            pass
+        return self._final()
+
+    def _final(self) -> Answer:
+        if self.answer is None:
+            raise RequestCancelledError("the request was cancelled before its answer")
+        return self.answer
 
     @property
     def cancelled(self) -> bool:

@@ -3,7 +3,9 @@ and, when the engine has one, between two calls of its observer.
 
 The observer is a callable `observer(stage, phase)`, `phase` being "start" or "end"; it runs in the
 model's worker thread, right before and after the stage's work is queued (on a GPU the work may
-still run after "end": time it with CUDA events, as `benchmarks` does). Stages, in order:
+still run after "end": time it with CUDA events, as `benchmarks` does). A stage that fails still
+ends (a chunk batch that runs out of memory, then runs again with fewer chunks, is two spans).
+An observer that raises fails the request. Stages, in order:
 `chunk_prefill`, `question_pass`, `chunk_scoring`, `kv_selection` (per chunk batch and question),
 `chunk_eviction`, `merge` (per question), `final_pass` (with calibration), then per token
 `sampling` (ends once the tokens are on the host) and `decode_step`; a plain prompt (`complete`,
@@ -47,6 +49,8 @@ class StageTracer:
         with torch.profiler.record_function(f"parallelcomp/{stage}"):
             if self.observer is not None:
                 self.observer(stage, "start")
-            yield
-            if self.observer is not None:
-                self.observer(stage, "end")
+            try:
+                yield
+            finally:
+                if self.observer is not None:
+                    self.observer(stage, "end")

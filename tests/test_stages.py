@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parallelcomp_llm import InvalidConfigError, ParallelCompConfig, ParallelCompEngine
+from parallelcomp_llm import InvalidConfigError, ParallelCompConfig, ParallelCompEngine, StageError
 from parallelcomp_llm.stages import (
     SCORERS,
     SELECTORS,
     BiasCalibrator,
+    BudgetSplit,
     ChunkEntries,
+    ChunkScorer,
     EvenBudget,
     ScoredSelector,
     SnapKVSelector,
@@ -128,3 +130,80 @@ def test_stages_given_as_objects_replace_the_configured_ones():
     described = given.stages.describe()
     assert described["selector"]["observation_window"] == 4
     assert described["calibrator"]["class"] == "BiasCalibrator"
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [EvenBudget(), EvenBudget(keep_chunks=0.5, kv_budget=None), BiasCalibrator(layers=(0, 1))],
+    ids=["even", "even-fraction", "bias"],
+)
+def test_budget_and_calibrator_contract(stage):
+    if isinstance(stage, EvenBudget):
+        for chunks in (1, 2, 7, 69):
+            split = stage.split(chunks)
+            assert 1 <= split.keep_chunks <= chunks
+            assert split.entries_per_chunk is None or split.entries_per_chunk >= 1
+    else:
+        offsets = torch.tensor([[[-1, 0, 1, 2, -1]]])
+        lengths = torch.tensor([[[0, 3, 3, 3, 0]]])
+        biased = stage.biased(torch.full((1, 1, 7), 1 / 7), offsets, lengths)
+        assert biased.dtype == torch.bool and biased.shape == offsets.shape
+        assert not biased[offsets < 0].any()  # prefix and padding are never masked
+    assert stage.describe()["class"] == type(stage).__name__
+
+
+def test_a_subclass_of_a_registered_stage_is_not_reported_under_its_name():
+    class Quieter(SnapKVSelector):
+        pass
+
+    assert SnapKVSelector.name == "snapkv" and Quieter.name == ""
+    answer = engine(selector=Quieter(), keep_chunks=2, kv_budget=96).generate(
+        DOCS, "Which one?", max_new_tokens=2
+    )
+    assert answer.stats.scorer == "nll"
+    assert Quieter().describe()["name"] is None
+
+
+class BrokenScorer(ChunkScorer):
+    def score(self, evidence):
+        return torch.zeros(len(evidence.context) + 1)
+
+
+class BrokenSelector(ScoredSelector):
+    def score(self, entries):
+        return entries.keys.norm(dim=-1).int()
+
+    def select(self, entries, budget):
+        return super().select(entries, budget).int()
+
+
+class BrokenBudget(EvenBudget):
+    def split(self, chunks):
+        return BudgetSplit(keep_chunks=chunks + 1, entries_per_chunk=10)
+
+
+@pytest.mark.parametrize(
+    "stage, method",
+    [
+        ({"scorer": BrokenScorer()}, "BrokenScorer.score"),
+        ({"selector": BrokenSelector()}, "BrokenSelector.select"),
+        ({"budget": BrokenBudget()}, "BrokenBudget.split"),
+    ],
+)
+def test_a_stage_that_breaks_its_contract_is_named(stage, method):
+    broken = engine(keep_chunks=2, kv_budget=96, **stage)
+    with pytest.raises(StageError, match=method):
+        broken.generate(DOCS, "Which one?", max_new_tokens=2)
+    assert not broken.busy
+
+
+def test_stage_windows_are_validated():
+    with pytest.raises(InvalidConfigError, match="observation_window"):
+        BrokenScorer(observation_window=0)
+
+
+def test_the_engine_takes_its_attention_kernel_back():
+    given = engine(keep_chunks=2, kv_budget=96)
+    expected = given.generate(DOCS, "Which one?", max_new_tokens=6)
+    given.model.set_attn_implementation("sdpa")  # e.g. a baseline run on the same model
+    assert given.generate(DOCS, "Which one?", max_new_tokens=6).token_ids == expected.token_ids

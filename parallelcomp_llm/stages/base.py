@@ -24,7 +24,12 @@ class Stage(CheckedModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: ClassVar[str] = ""
-    """The name the stage is registered under (empty for unregistered stages)."""
+    """The name the stage is registered under (empty for unregistered stages, subclasses of
+    registered ones included)."""
+
+    def __init_subclass__(cls, **keywords: object) -> None:
+        super().__init_subclass__(**keywords)
+        cls.name = ""
 
     @classmethod
     def from_config(cls, config: ParallelCompConfig) -> Self:

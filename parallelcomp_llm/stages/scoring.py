@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Self
 import torch
 
 from .base import Registry, Stage
-from .selection import ObservationWindow
+from .selection import OBSERVATION_WINDOW, ObservationWindow
 
 if TYPE_CHECKING:
     from ..config import ParallelCompConfig
@@ -52,7 +52,7 @@ class QuestionEvidence:
 class ChunkScorer(Stage):
     """Relevance of each chunk of a batch to the question (higher is more relevant)."""
 
-    observation_window: int | None = None
+    observation_window: ObservationWindow | None = None
     """Last question tokens whose attention the scorer reads (None: it reads only logits)."""
 
     @abstractmethod
@@ -81,7 +81,7 @@ class AttentionMassScorer(ChunkScorer):
     """The share of the last question tokens' attention that falls on the chunk's context,
     averaged over those tokens, the layers and the KV heads (0 to 1)."""
 
-    observation_window: ObservationWindow = 32
+    observation_window: ObservationWindow = OBSERVATION_WINDOW
 
     @classmethod
     def from_config(cls, config: ParallelCompConfig) -> Self:

@@ -30,6 +30,8 @@ def _odd(kernel: int) -> int:
 
 ObservationWindow = Annotated[int, Field(ge=1)]
 """Last question tokens whose attention a stage reads (all of them when the question is shorter)."""
+OBSERVATION_WINDOW = 32
+"""The default window of the stages that read attention (tuned: see `docs/measured.md`)."""
 PoolingKernel = Annotated[int, Field(ge=1), AfterValidator(_odd)]
 """Width of the max-pooling over token scores (odd)."""
 
@@ -53,7 +55,7 @@ class ChunkEntries:
 class KVSelector(Stage):
     """Picks the KV entries of a chunk to keep in one layer, within a budget per KV head."""
 
-    observation_window: int | None = None
+    observation_window: ObservationWindow | None = None
     """Last question tokens whose attention the selector reads (None: it reads keys and values
     only)."""
 
@@ -87,7 +89,7 @@ class SnapKVSelector(ScoredSelector):
     """SnapKV: the attention of the last `observation_window` question tokens on each entry,
     max-pooled over `pooling_kernel` neighbours so that nearby tokens survive together."""
 
-    observation_window: ObservationWindow = 32
+    observation_window: ObservationWindow = OBSERVATION_WINDOW
     pooling_kernel: PoolingKernel = 15
 
     @classmethod
