@@ -125,9 +125,7 @@ class ParallelCompSettings(BaseModel):
         """The fields' settings with a call's keywords over them, validated by the engine's
         `DecodeSettings` (unknown keywords are refused)."""
         fields = self._default_params | {"stop": self.stop}
-        defaults = {name: value for name, value in fields.items() if value is not None}
-        base = DecodeSettings.of(defaults, renames=RENAMES)
-        return DecodeSettings.of(call, base=base, renames=RENAMES)
+        return DecodeSettings.from_fields(fields, call, RENAMES)
 
     def _call_settings(
         self, stop: list[str] | None, kwargs: Mapping[str, Any]

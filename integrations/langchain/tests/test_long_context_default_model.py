@@ -13,7 +13,6 @@ from parallelcomp_llm.testing import (
     passkey_haystack,
 )
 
-
 pytestmark = pytest.mark.default_model
 KEY = 68217
 
@@ -24,5 +23,7 @@ def test_passkey_over_documents_beyond_the_trained_window():
     noise = PASSKEY_NOISE * (3900 // count(PASSKEY_NOISE))
     documents = [noise, passkey_haystack(3900, 0.4, KEY, count), noise]
     assert sum(llm.get_num_tokens(d) for d in documents) > llm.engine.native_window == 8192
-    answer = create_long_context_chain(llm).invoke({"documents": documents, "question": PASSKEY_QUESTION})
+    answer = create_long_context_chain(llm).invoke(
+        {"documents": documents, "question": PASSKEY_QUESTION}
+    )
     assert first_integer(answer) == KEY

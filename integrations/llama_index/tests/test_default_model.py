@@ -22,7 +22,11 @@ KEY = 68217
 
 def _split(text: str, parts: int) -> list[str]:
     """`text` cut into `parts` pieces of about equal length, at the start of a noise sentence."""
-    cuts = [0] + [text.find(PASSKEY_NOISE, len(text) * k // parts) for k in range(1, parts)] + [len(text)]
+    cuts = (
+        [0]
+        + [text.find(PASSKEY_NOISE, len(text) * k // parts) for k in range(1, parts)]
+        + [len(text)]
+    )
     return [text[start:end] for start, end in pairwise(cuts)]
 
 

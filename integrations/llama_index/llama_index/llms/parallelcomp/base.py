@@ -44,7 +44,8 @@ class ParallelCompLLM(CustomLLM):
     without `context=` must fit the trained window (`engine.native_window`).
 
     Per-call keyword arguments: `context`, `max_tokens` (or `max_new_tokens`), `temperature`,
-    `top_p`, `top_k`, `seed`, `stop`; they override the fields of the same names for one call.
+    `top_p`, `top_k`, `seed`, `stop`, `ignore_eos` (the engine's `DecodeSettings`); they override
+    the fields of the same names for one call.
     Streams end with a response whose `raw` is the engine's `Answer`; so do plain responses.
 
     Args:
@@ -112,8 +113,7 @@ class ParallelCompLLM(CustomLLM):
         """The fields' decoding settings with a call's keywords over them (`max_tokens` accepted
         for `max_new_tokens`; unknown names refused)."""
         fields = {name: getattr(self, name) for name in DECODING_FIELDS}
-        defaults = {name: value for name, value in fields.items() if value is not None}
-        return DecodeSettings.of(kwargs, base=DecodeSettings.of(defaults), renames=RENAMES)
+        return DecodeSettings.from_fields(fields, kwargs, RENAMES)
 
     def _completion_stream(
         self, prompt: str, formatted: bool, kwargs: dict[str, Any]
@@ -145,7 +145,7 @@ class ParallelCompLLM(CustomLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        answer = responses.final_answer(self._completion_stream(prompt, formatted, kwargs))
+        answer = self._completion_stream(prompt, formatted, kwargs).wait()
         return responses.completion(answer.text, answer=answer)
 
     @llm_completion_callback()
@@ -157,7 +157,7 @@ class ParallelCompLLM(CustomLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        answer = responses.final_answer(self._chat_stream(messages, kwargs))
+        answer = self._chat_stream(messages, kwargs).wait()
         return responses.chat(answer.text, answer=answer)
 
     @llm_chat_callback()
@@ -171,7 +171,7 @@ class ParallelCompLLM(CustomLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         stream = await asyncio.to_thread(self._completion_stream, prompt, formatted, kwargs)
-        answer = await responses.afinal_answer(stream)
+        answer = await stream.wait_async()
         return responses.completion(answer.text, answer=answer)
 
     @llm_completion_callback()
@@ -184,7 +184,7 @@ class ParallelCompLLM(CustomLLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         stream = await asyncio.to_thread(self._chat_stream, messages, kwargs)
-        answer = await responses.afinal_answer(stream)
+        answer = await stream.wait_async()
         return responses.chat(answer.text, answer=answer)
 
     @llm_chat_callback()

@@ -38,26 +38,6 @@ def chat(text: str, delta: str | None = None, answer: Answer | None = None) -> C
     )
 
 
-def final_answer(stream: AnswerStream) -> Answer:
-    """Run `stream` to its end and return its `Answer`."""
-    for _ in stream:
-        pass
-    assert stream.answer is not None
-    return stream.answer
-
-
-async def afinal_answer(stream: AnswerStream) -> Answer:
-    """`final_answer` for async callers; cancelling the awaiting task cancels the request at once
-    (it leaves the engine's queue, or stops at its next step)."""
-    try:
-        async for _ in stream:
-            pass
-    finally:
-        stream.cancel()
-    assert stream.answer is not None
-    return stream.answer
-
-
 def stream_responses(stream: AnswerStream, build: Build[ResponseT]) -> Iterator[ResponseT]:
     """The responses of an engine stream, built with `build` (`completion` or `chat`)."""
     text = ""
