@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--model", help="model name or path (default: SmolLM2-135M-Instruct)")
     ask.add_argument("--max-new-tokens", type=int, default=None)
-    ask.add_argument("--temperature", type=float, default=0.0)
-    ask.add_argument("--top-p", type=float, default=1.0)
+    ask.add_argument("--temperature", type=float, default=None, help="0 (the default): greedy")
+    ask.add_argument("--top-p", type=float, default=None)
     ask.add_argument("--top-k", type=int, default=None)
     ask.add_argument("--seed", type=int, default=None)
     ask.add_argument("--stop", action="append", default=None, help="stop string; repeatable")
@@ -57,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--chunk-batch-size", type=int, default=None)
     ask.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     ask.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
-    ask.add_argument("--stats", action="store_true", help="print statistics as JSON to stderr")
+    ask.add_argument(
+        "--stats",
+        action="store_true",
+        help="print the answer's statistics and the engine's settings as JSON to stderr",
+    )
     return parser
 
 
@@ -81,14 +85,15 @@ def _overrides(args: argparse.Namespace) -> dict:
 def _ask(args: argparse.Namespace) -> None:
     from .engine import ParallelCompEngine
 
-    settings = DecodeSettings(
-        max_new_tokens=args.max_new_tokens,
-        stop=args.stop,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-    )
+    given = {
+        "max_new_tokens": args.max_new_tokens,
+        "stop": args.stop,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed,
+    }
+    settings = DecodeSettings.from_fields(given, {})
     documents = [_read_context(path) for path in args.context]
     overrides = _overrides(args)
     if args.model:
@@ -101,7 +106,8 @@ def _ask(args: argparse.Namespace) -> None:
         sys.stdout.flush()
     sys.stdout.write("\n")
     if args.stats and stream.answer is not None:
-        print(json.dumps(asdict(stream.answer.stats), indent=2), file=sys.stderr)
+        report = asdict(stream.answer.stats) | {"engine": engine.describe()}
+        print(json.dumps(report, indent=2), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,8 @@ def test_answer_matches_the_engine_and_stats_are_printed(model_dir, tmp_path, ca
     stats = json.loads(err[err.index("{") :])
     assert stats["chunks_total"] == 6 and stats["chunks_kept"] == 2
     assert stats["context_tokens"] == 1200
+    assert stats["engine"]["config"]["keep_chunks"] == 2
+    assert stats["engine"]["stages"]["selector"]["name"] == "snapkv"
 
 
 def test_standard_input_is_a_context(model_dir, monkeypatch, capsys):

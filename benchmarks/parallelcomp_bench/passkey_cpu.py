@@ -26,6 +26,7 @@ from parallelcomp_llm.testing import PASSKEY_QUESTION, first_integer, passkey_ha
 
 from . import RESULTS_DIR
 from .passkey import random_key
+from .records import git_revision, source_digest
 
 RESULTS = RESULTS_DIR / "passkey_cpu.jsonl"
 NEW_TOKENS = 16
@@ -107,6 +108,7 @@ def main() -> None:
                     "chunks_total": stats["chunks_total"],
                     "chunks_kept": stats["chunks_kept"],
                     "kv_entries_kept": stats["kv_entries_kept"],
+                    "engine": stats["engine"],
                 }
             else:
                 if model is None:
@@ -117,6 +119,8 @@ def main() -> None:
                 "correct": first_integer(answer) == key,
                 "seconds": round(seconds, 1),
                 "hardware": hardware,
+                "git": git_revision(),
+                "source_sha256": source_digest(),
             }
             print(json.dumps(record), flush=True)
             with RESULTS.open("a") as handle:

@@ -1,6 +1,7 @@
 """What every result record says about where it came from: the code (git revision, and a digest
-of the core package's source for machines without git), the software, and the engine measured
-(its resolved config and its stages)."""
+of the core package's source for machines without git), the software and the hardware. The
+engine measured describes itself (`ParallelCompEngine.describe`: its resolved config and
+stages)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch
 import transformers
 
 import parallelcomp_llm
-from parallelcomp_llm import ParallelCompEngine
 
 REVISION_ENV = "PARALLELCOMP_GIT_REVISION"
 """Set it to the revision measured where the working tree has no git history (a GPU machine
@@ -72,8 +72,3 @@ def provenance() -> dict[str, object]:
         "python": platform.python_version(),
         "hardware": hardware(),
     }
-
-
-def engine_settings(engine: ParallelCompEngine) -> dict[str, object]:
-    """The engine's resolved config and the stages it runs, as recorded with results."""
-    return {"config": engine.config.model_dump(mode="json"), "stages": engine.stages.describe()}

@@ -12,7 +12,8 @@ from parallelcomp_llm.tracing import STAGES
 
 def run_module(module: str, out, *options: str) -> dict:
     """Run `module --tiny` writing into `out`; the record it wrote."""
-    command = [sys.executable, "-m", module, "--tiny", "--out", str(out), *options]
+    command = [sys.executable, "-W", "error::FutureWarning", "-m", module, "--tiny"]
+    command += ["--out", str(out), *options]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     [written] = out.glob("*.json")
     return json.loads(written.read_text())

@@ -12,7 +12,7 @@ import transformers
 
 from parallelcomp_llm import ParallelCompError
 
-from ..records import engine_settings, git_revision, hardware, source_digest
+from ..records import git_revision, hardware, source_digest
 from .items import Item, Method, MethodOutput, score
 from .methods import make_method
 
@@ -71,7 +71,7 @@ def answer_item(method_name: str, item: Item) -> dict:
         "hardware": hardware(),
         "git": git_revision(),
         "source_sha256": source_digest(),
-        "engine": engine_settings(method.engine),
+        "engine": method.engine.describe(),
         "torch": torch.__version__,
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

@@ -29,7 +29,7 @@ from parallelcomp_llm.device import device_work_done
 from parallelcomp_llm.kvcache import run_on_cache
 from parallelcomp_llm.testing import text_of_tokens, tiny_tokenizer
 
-from ..records import engine_settings, provenance
+from ..records import provenance
 from .full_attention import decode_busy
 from .measure import Events, free_memory, measure_ceilings, result_path
 from .run import MODELS, NO_REUSE, profile_request, run_parallelcomp
@@ -135,7 +135,7 @@ def main() -> None:
     engine = ParallelCompEngine(
         model, tiny_tokenizer(), ParallelCompConfig(**settings), observer=timer
     )
-    record["engine"] = engine_settings(engine)
+    record["engine"] = engine.describe()
 
     print(f"[{time.perf_counter() - begun:5.1f}s] 3. first-call cost", flush=True)
     length = parse_length(args.first_call_length)

@@ -22,7 +22,7 @@ import torch
 from parallelcomp_llm import DeviceMemoryError, ParallelCompConfig, ParallelCompEngine
 from parallelcomp_llm.testing import text_of_tokens, tiny_tokenizer
 
-from ..records import engine_settings, provenance
+from ..records import provenance
 from .measure import GIB, free_memory, result_path
 from .run import NO_REUSE
 from .shapes import build_model
@@ -60,7 +60,7 @@ def main() -> None:
     record = {
         "command": "python -m parallelcomp_bench.speed.oom " + " ".join(sys.argv[1:]),
         "environment": provenance(),
-        "engine": engine_settings(engine),
+        "engine": engine.describe(),
         "model": args.model,
         "context_tokens": reference.stats.context_tokens,
         "chunk_batch_size": 8,

@@ -22,7 +22,7 @@ from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
 from parallelcomp_llm.device import device_work_done, start_measuring
 from parallelcomp_llm.testing import text_of_tokens, tiny_engine, tiny_tokenizer
 
-from ..records import engine_settings, provenance
+from ..records import provenance
 from .measure import free_memory, peak_bytes, result_path
 from .run import MODELS, NO_REUSE
 from .shapes import build_model, parse_length
@@ -77,7 +77,7 @@ def main() -> None:
     record = {
         "command": "python -m parallelcomp_bench.speed.reuse " + " ".join(sys.argv[1:]),
         "environment": provenance(),
-        "engine": engine_settings(engine),
+        "engine": engine.describe(),
         "model": name,
         "context_tokens": first.stats.context_tokens,
         "chunks": first.stats.chunks_total,

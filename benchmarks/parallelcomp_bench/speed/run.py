@@ -43,11 +43,10 @@ from pathlib import Path
 import torch
 
 from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
-from parallelcomp_llm.attention import implementation_name
 from parallelcomp_llm.device import device_work_done
 from parallelcomp_llm.testing import text_of_tokens, tiny_tokenizer
 
-from ..records import engine_settings, provenance
+from ..records import provenance
 from .full_attention import decode_busy, run_full
 from .measure import GIB, free_memory, measure_ceilings, oom_record, result_path
 from .shapes import MODELS, build_model, model_facts, parse_length, prefill_flops
@@ -67,8 +66,6 @@ def run_parallelcomp(
     device,
 ) -> dict:
     """One engine request of exactly `new_tokens` tokens, timed by the engine's observer."""
-    model = engine.model
-    model.set_attn_implementation(implementation_name(engine.config.attn_implementation))
     engine.clear_context_cache()
     free_memory(device)
     timer.start()
@@ -280,7 +277,7 @@ def main() -> None:
         "question": QUESTION,
         "new_tokens": args.new_tokens,
         "eos": "ignored by the engine (ignore_eos=True); the baseline loop never stops early",
-        "engines": {m: engine_settings(engines[m]) for m in engines},
+        "engines": {m: engines[m].describe() for m in engines},
         "repeats": args.repeats,
         "warmup": args.warmup,
         "timing": "TTFT/decode: host perf_counter, synchronised by the token's transfer to the host; "
@@ -427,7 +424,6 @@ def profile_request(
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    engine.model.set_attn_implementation(implementation_name(engine.config.attn_implementation))
     engine.clear_context_cache()
     free_memory(device)
     # The model runs in the engine's worker thread: profile every thread, not only this one.
