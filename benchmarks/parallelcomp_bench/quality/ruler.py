@@ -28,7 +28,7 @@ import string
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -36,9 +36,6 @@ from parallelcomp_llm.prompt import PromptBuilder, PromptTemplate
 
 from . import data
 from .items import Item
-
-if TYPE_CHECKING:
-    from parallelcomp_llm import ParallelCompEngine
 
 TASKS = (
     "niah_single_1",
@@ -87,10 +84,6 @@ class EngineSizer:
 
     def __init__(self, prompts: PromptBuilder) -> None:
         self.prompts = prompts
-
-    @classmethod
-    def for_engine(cls, engine: ParallelCompEngine) -> EngineSizer:
-        return cls(engine.prompts)
 
     @classmethod
     def for_tokenizer(
