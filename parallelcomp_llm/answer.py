@@ -8,12 +8,17 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class ChunkInfo:
-    """One chunk of the context: the documents it holds, its relevance to the question (higher
-    is more relevant; None when chunks were not ranked), whether it was kept."""
+    """One chunk of the context: the documents it holds, its relevance to the question, whether
+    it was kept.
+
+    `relevance` is probability-like: from 0 to 1, higher is more relevant, summing to 1 over the
+    context's chunks (the scorer's `shares`: for 'nll', the probability that the question comes
+    from this chunk, every chunk equally likely before); 1.0 for a context of one chunk.
+    """
 
     documents: tuple[int, ...]
     tokens: int
-    relevance: float | None
+    relevance: float
     kept: bool
 
 
@@ -21,8 +26,8 @@ class ChunkInfo:
 class AnswerStats:
     """What a request cost and what it kept.
 
-    `scorer` names the chunk scorer whose relevance `ChunkInfo.relevance` holds, None when the
-    chunks were not ranked (all kept). `kv_entries_kept` counts the merged KV entries per layer
+    `scorer` names the chunk scorer whose shares `ChunkInfo.relevance` holds, None when the
+    context was one chunk (not scored). `kv_entries_kept` counts the merged KV entries per layer
     and KV head the answer was decoded over. `context_cache_hit` is True when the context's
     encoded chunks were reused (then `chunks_prefilled` is 0). `batch_size` counts the questions
     answered in one batch with this one, itself included (the questions of one `generate_batch`,

@@ -129,10 +129,13 @@ class ChunkPlan:
         one_chunk = room if config.chunk_tokens is None and chunk_tokens < room else None
         return cls(room, chunk_tokens, one_chunk, list(separator_ids))
 
-    def split(self, documents: list[list[int]]) -> list[Chunk]:
-        """The chunks of tokenized `documents` under this plan."""
-        if self.one_chunk_room is not None and sum(map(len, documents)) <= self.one_chunk_room:
-            whole = split_into_chunks(documents, self.one_chunk_room, self.separator_ids)
+    def split(self, documents: list[list[int]], extra_prefix_tokens: int = 0) -> list[Chunk]:
+        """The chunks of tokenized `documents` under this plan; a prefix longer than the
+        template's by `extra_prefix_tokens` (a system prompt) shrinks the one-chunk room."""
+        one_chunk_room = (self.one_chunk_room or 0) - max(0, extra_prefix_tokens)
+        one_chunk = self.one_chunk_room is not None and one_chunk_room > self.chunk_tokens
+        if one_chunk and sum(map(len, documents)) <= one_chunk_room:
+            whole = split_into_chunks(documents, one_chunk_room, self.separator_ids)
             if len(whole) <= 1:
                 return whole
         return split_into_chunks(documents, self.chunk_tokens, self.separator_ids)

@@ -8,6 +8,7 @@ recently used caches within a device budget, then a host budget, evicting the le
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from .chunking import Chunk, ChunkPlan, Span
 from .errors import InvalidInputError
 from .prefill import EncodedBatch
 
-_FORMAT = "parallelcomp-context-cache/2"
+_FORMAT = "parallelcomp-context-cache/3"
 
 
 class ContextCacheMismatchError(InvalidInputError):
@@ -55,13 +56,15 @@ def model_key(model: PreTrainedModel, plan: ChunkPlan, prefix_ids: list[int]) ->
 
 @dataclass
 class ContextCache:
-    """Encoded chunks of one context, for one model and settings (`model_key`)."""
+    """Encoded chunks of one context, for one model and settings (`model_key`), each prefilled
+    after `prefix_ids` (the prompt template's prefix, with the system prompt if one was given)."""
 
     model_key: str
     context_key: str
     chunks: list[Chunk]
     context_tokens: int
     batches: list[EncodedBatch]
+    prefix_ids: list[int]
 
     @property
     def nbytes(self) -> int:
@@ -83,9 +86,7 @@ class ContextCache:
         if self.device == device:
             return self
         batches = [batch.to(device) for batch in self.batches]
-        return ContextCache(
-            self.model_key, self.context_key, self.chunks, self.context_tokens, batches
-        )
+        return dataclasses.replace(self, batches=batches)
 
     def save(self, path: str | Path) -> None:
         """Write the cache to one safetensors file."""
@@ -101,6 +102,7 @@ class ContextCache:
             "model_key": self.model_key,
             "context_key": self.context_key,
             "context_tokens": self.context_tokens,
+            "prefix_ids": self.prefix_ids,
             "spans": [[list(vars(span).values()) for span in chunk.spans] for chunk in self.chunks],
             "batches": [
                 {"chunk_indices": b.chunk_indices, "lengths": b.lengths} for b in self.batches
@@ -117,7 +119,10 @@ class ContextCache:
         except (OSError, ValueError, SafetensorError) as error:
             raise InvalidInputError(f"cannot read context cache {str(path)!r}: {error}") from None
         if header.get("format") != _FORMAT:
-            raise InvalidInputError(f"{str(path)!r} is not a parallelcomp context cache")
+            raise InvalidInputError(
+                f"{str(path)!r} is not a parallelcomp context cache of this version "
+                f"({_FORMAT}): encode the context again"
+            )
         tensors = load_file(str(path), device=str(device))
         chunks = [
             Chunk(tensors[f"chunk{i}"].tolist(), [Span(*span) for span in spans])
@@ -135,7 +140,12 @@ class ContextCache:
                 )
             )
         return cls(
-            header["model_key"], header["context_key"], chunks, header["context_tokens"], batches
+            header["model_key"],
+            header["context_key"],
+            chunks,
+            header["context_tokens"],
+            batches,
+            header["prefix_ids"],
         )
 
 

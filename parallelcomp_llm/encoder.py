@@ -39,7 +39,6 @@ class ChunkEncoder:
     def __init__(
         self,
         model: PreTrainedModel,
-        prefix_ids: list[int],
         pad_id: int,
         batch_size: int | None,
         question_tokens: int,
@@ -48,7 +47,6 @@ class ChunkEncoder:
         tracer: StageTracer,
     ) -> None:
         self.model = model
-        self.prefix_ids = prefix_ids
         self.pad_id = pad_id
         self.batch_size = batch_size
         self.question_tokens = question_tokens
@@ -71,7 +69,7 @@ class ChunkEncoder:
             count.cache_hit = True
             yield from cache.to(device).batches
             return
-        chunks, prefix = encoding.chunks, self.prefix_ids
+        chunks, prefix = encoding.chunks, encoding.prefix_ids
         row_tokens = len(prefix) + max(len(chunk) for chunk in chunks)
         batch_size = self.batch_size or auto_batch_size(
             self.model, row_tokens + self.question_tokens, self.question_tokens
@@ -107,6 +105,11 @@ class ChunkEncoder:
         if store:
             self.store.put(
                 ContextCache(
-                    self.model_key, encoding.context_key, chunks, encoding.context_tokens, kept
+                    self.model_key,
+                    encoding.context_key,
+                    chunks,
+                    encoding.context_tokens,
+                    kept,
+                    encoding.prefix_ids,
                 )
             )

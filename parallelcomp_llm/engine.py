@@ -18,10 +18,11 @@ from .admission import Deadline
 from .answer import Answer
 from .chunking import ChunkPlan
 from .config import ParallelCompConfig
-from .context_cache import CacheStore, ContextCache, digest, model_key
+from .context_cache import CacheStore, ContextCache, model_key
 from .decode_settings import DecodeSettings
 from .device import device_memory, host_memory, model_device
-from .errors import ContextTooLongError, InvalidInputError
+from .errors import InvalidInputError
+from .intake import Context, Intake
 from .models import (
     check_calibrator,
     check_supported,
@@ -32,15 +33,12 @@ from .models import (
     use_hooked_attention,
 )
 from .pipeline import Pipeline
-from .prompt import PromptBuilder, PromptTemplate
-from .requests import Encoding, PromptRequest, Request, documents_of
+from .prompt import PromptBuilder
+from .requests import PromptRequest, Request
 from .scheduler import Job, Scheduler
 from .stages import BudgetPolicy, Calibrator, ChunkScorer, KVSelector, Stages
 from .streams import AnswerStream
 from .tracing import StageObserver, StageTracer
-
-Context = str | Sequence[str] | ContextCache
-"""What a question is asked over: a text, a sequence of documents, or an encoded context."""
 
 
 class ParallelCompEngine:
@@ -78,9 +76,7 @@ class ParallelCompEngine:
         use_hooked_attention(model, kernel)
         self.native_window: int = int(model.config.max_position_embeddings)
         """The model's trained context window, in tokens."""
-        self.prompts = PromptBuilder(
-            tokenizer, PromptTemplate.for_tokenizer(tokenizer, config.use_chat_template)
-        )
+        self.prompts = PromptBuilder(tokenizer, config.use_chat_template)
         self.chunk_plan = ChunkPlan.for_window(
             self.native_window,
             len(self.prompts.prefix_ids),
@@ -98,6 +94,9 @@ class ParallelCompEngine:
         """The settings, with the values derived from the model filled in."""
         self.model_key = model_key(model, self.chunk_plan, self.prompts.prefix_ids)
         """Identity of the model and of the settings that shape encoded chunks."""
+        self._intake = Intake(
+            self.prompts, self.chunk_plan, self.config, self.model_key, self.native_window
+        )
         self._store = CacheStore(
             self.device,
             int(config.context_cache_device_fraction * device_memory(self.device)),
@@ -106,7 +105,6 @@ class ParallelCompEngine:
         self._pipeline = Pipeline.build(
             model,
             tokenizer,
-            self.prompts.prefix_ids,
             stages,
             self.config,
             self._store,
@@ -153,7 +151,8 @@ class ParallelCompEngine:
 
     @property
     def context_window(self) -> int:
-        """Most context tokens a request may have (`max_context_tokens`)."""
+        """Most tokens a request's context may have (`max_context_tokens`): what the engine
+        accepts, as a context or as a long prompt; `native_window` is the trained window."""
         return self.config.max_context_tokens
 
     @property
@@ -196,14 +195,16 @@ class ParallelCompEngine:
         self,
         context: str | Sequence[str],
         *,
+        system_prompt: str | None = None,
         progress: bool = False,
         timeout_s: float | None = None,
     ) -> ContextCache:
-        """Prefill every chunk of `context` once; pass the result to `generate` or `stream` in
-        place of the text to answer further questions without encoding it again. The engine also
-        keeps recently encoded contexts by itself (see `context_cache_*_fraction`)."""
-        deadline = self._deadline(timeout_s)
-        encoding = self._encoding(context)
+        """Prefill every chunk of `context` once (after `system_prompt`, if given); pass the
+        result to `generate` or `stream` in place of the text to answer further questions without
+        encoding it again. The engine also keeps recently encoded contexts by itself (see
+        `context_cache_*_fraction`)."""
+        deadline = self._intake.deadline(timeout_s)
+        encoding = self._intake.encoding(context, system_prompt)
         if encoding.cache is not None:
             return encoding.cache
         job = Job(
@@ -236,19 +237,27 @@ class ParallelCompEngine:
         question: str,
         settings: DecodeSettings | None = None,
         *,
+        system_prompt: str | None = None,
         progress: bool = False,
         timeout_s: float | None = None,
         **options: Any,
     ) -> Answer:
         """Answer `question` over `context`: a text, a sequence of documents, or a `ContextCache`.
 
-        `options` are `DecodeSettings` fields (`max_new_tokens`, `stop`, `temperature`, `top_p`,
-        `top_k`, `seed`, `ignore_eos`), over `settings` when given. `progress` shows a bar over
-        chunk prefill; `timeout_s` bounds this request's waiting and running (at most the
-        engine's `request_timeout_s`).
+        `system_prompt` leads every chunk's prompt (the chat template's system turn). `options`
+        are `DecodeSettings` fields (`max_new_tokens`, `stop`, `temperature`, `top_p`, `top_k`,
+        `seed`, `ignore_eos`), over `settings` when given. `progress` shows a bar over chunk
+        prefill; `timeout_s` bounds this request's waiting and running (at most the engine's
+        `request_timeout_s`).
         """
         stream = self.stream(
-            context, question, settings, progress=progress, timeout_s=timeout_s, **options
+            context,
+            question,
+            settings,
+            system_prompt=system_prompt,
+            progress=progress,
+            timeout_s=timeout_s,
+            **options,
         )
         return stream.wait()
 
@@ -258,6 +267,7 @@ class ParallelCompEngine:
         question: str,
         settings: DecodeSettings | None = None,
         *,
+        system_prompt: str | None = None,
         progress: bool = False,
         timeout_s: float | None = None,
         **options: Any,
@@ -269,8 +279,10 @@ class ParallelCompEngine:
         `EngineBusyError`. The request is queued by this call and runs whether or not the stream
         is read; closing the stream, or dropping it, cancels it.
         """
-        decoding, deadline = self._settings(settings, options), self._deadline(timeout_s)
-        request = self._request(self._encoding(context), question, decoding, deadline, progress)
+        intake = self._intake
+        decoding, deadline = intake.settings(settings, options), intake.deadline(timeout_s)
+        encoding = intake.encoding(context, system_prompt)
+        request = intake.request(encoding, question, decoding, deadline, progress)
         return self._answer_streams([request])[0]
 
     def generate_batch(
@@ -279,6 +291,7 @@ class ParallelCompEngine:
         questions: Sequence[str],
         settings: DecodeSettings | None = None,
         *,
+        system_prompt: str | None = None,
         progress: bool = False,
         timeout_s: float | None = None,
         **options: Any,
@@ -288,12 +301,13 @@ class ParallelCompEngine:
         batch. Answers come in the order of `questions`."""
         if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
             raise InvalidInputError("questions must be a non-empty sequence of strings")
-        decoding, deadline = self._settings(settings, options), self._deadline(timeout_s)
-        encoding = self._encoding(context)
-        requests = [self._request(encoding, q, decoding, deadline, progress) for q in questions]
+        intake = self._intake
+        decoding, deadline = intake.settings(settings, options), intake.deadline(timeout_s)
+        encoding = intake.encoding(context, system_prompt)
+        requests = [intake.request(encoding, q, decoding, deadline, progress) for q in questions]
         return [stream.wait() for stream in self._answer_streams(requests)]
 
-    # -- the model as an ordinary LLM -------------------------------------------------------
+    # -- the model as an ordinary LLM, any length -------------------------------------------
 
     def complete(
         self,
@@ -303,8 +317,10 @@ class ParallelCompEngine:
         timeout_s: float | None = None,
         **options: Any,
     ) -> Answer:
-        """Continue `prompt` as an ordinary LLM (no context, no template; within the trained
-        window); options as for `generate`."""
+        """Continue `prompt` as an ordinary LLM (no template), when it fits the trained window
+        with the answer; a longer prompt is answered with ParallelComp, cut into context and
+        question by the rule of `long_prompt` (as one user message, in the chat template).
+        Options as for `generate`."""
         return self.stream_complete(prompt, settings, timeout_s=timeout_s, **options).wait()
 
     def stream_complete(
@@ -318,87 +334,67 @@ class ParallelCompEngine:
         """`complete` as an iterator of text deltas."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidInputError("prompt must be a non-empty string")
-        return self._prompt_stream(
-            self.prompts.completion_ids(prompt), settings, timeout_s, options
+        decoding, deadline = (
+            self._intake.settings(settings, options),
+            self._intake.deadline(timeout_s),
         )
+        ids = self.prompts.completion_ids(prompt)
+        if self._intake.fits_window(ids, decoding):
+            return self._prompt_stream(ids, decoding, deadline)
+        return self._split_stream([{"role": "user", "content": prompt}], None, decoding, deadline)
 
     def chat(
         self,
         messages: Sequence[dict[str, str]],
         settings: DecodeSettings | None = None,
         *,
+        context: Context | None = None,
         timeout_s: float | None = None,
         **options: Any,
     ) -> Answer:
-        """Answer a chat (role/content dicts) with the chat template, no separate context."""
-        return self.stream_chat(messages, settings, timeout_s=timeout_s, **options).wait()
+        """Answer a chat (role/content dicts) with the chat template. With `context`, or when
+        the chat does not fit the trained window with the answer, ParallelComp answers it: the
+        chat is cut into a system prompt, context (after `context`'s documents) and a question
+        by the rule of `long_prompt`."""
+        stream = self.stream_chat(
+            messages, settings, context=context, timeout_s=timeout_s, **options
+        )
+        return stream.wait()
 
     def stream_chat(
         self,
         messages: Sequence[dict[str, str]],
         settings: DecodeSettings | None = None,
         *,
+        context: Context | None = None,
         timeout_s: float | None = None,
         **options: Any,
     ) -> AnswerStream:
         """`chat` as an iterator of text deltas."""
-        ids = self.prompts.chat_prompt_ids(messages)
-        return self._prompt_stream(ids, settings, timeout_s, options)
-
-    # -- validation -------------------------------------------------------------------------
-
-    def _deadline(self, timeout_s: float | None) -> Deadline:
-        return Deadline.within(timeout_s, self.config.request_timeout_s)
-
-    def _settings(self, settings: DecodeSettings | None, options: dict[str, Any]) -> DecodeSettings:
-        config = self.config
-        return DecodeSettings.for_call(
-            settings, options, config.answer_reserve_tokens, config.max_new_tokens_limit
+        decoding, deadline = (
+            self._intake.settings(settings, options),
+            self._intake.deadline(timeout_s),
         )
-
-    def _encoding(self, context: Context) -> Encoding:
-        """Tokenize and chunk `context`, or take the chunks of a given `ContextCache`."""
-        if isinstance(context, ContextCache):
-            context.check_made_for(self.model_key)
-            return Encoding(context.chunks, context.context_tokens, context.context_key, context)
-        documents = [self.prompts.encode(d) if d.strip() else [] for d in documents_of(context)]
-        context_tokens = sum(len(ids) for ids in documents)
-        if context_tokens > self.config.max_context_tokens:
-            raise ContextTooLongError(
-                f"context has {context_tokens} tokens, more than max_context_tokens="
-                f"{self.config.max_context_tokens}; raise the limit or pass less text"
-            )
-        return Encoding(
-            self.chunk_plan.split(documents),
-            context_tokens,
-            digest(self.model_key, documents),
-            None,
-        )
-
-    def _request(
-        self,
-        encoding: Encoding,
-        question: str,
-        settings: DecodeSettings,
-        deadline: Deadline,
-        progress: bool,
-    ) -> Request:
-        if not isinstance(question, str) or not question.strip():
-            raise InvalidInputError("question is empty")
-        question_ids = self.prompts.question_ids(question)
-        longest = max(len(chunk) for chunk in encoding.chunks)
-        prefix = len(self.prompts.prefix_ids)
-        needed = prefix + longest + len(question_ids) + settings.max_new_tokens
-        if needed > self.native_window:
-            raise InvalidInputError(
-                f"the question ({len(question_ids)} tokens with its template) and max_new_tokens="
-                f"{settings.max_new_tokens} do not fit after a chunk of {longest} tokens in the "
-                f"trained window of {self.native_window}; shorten the question, lower "
-                "max_new_tokens, or raise question_reserve_tokens / answer_reserve_tokens"
-            )
-        return Request(encoding, question_ids, settings, deadline, progress)
+        if context is None:
+            ids = self.prompts.chat_prompt_ids(messages)
+            if self._intake.fits_window(ids, decoding):
+                return self._prompt_stream(ids, decoding, deadline)
+        return self._split_stream(messages, context, decoding, deadline)
 
     # -- queueing ---------------------------------------------------------------------------
+
+    def _split_stream(
+        self,
+        messages: Sequence[dict[str, str]],
+        context: Context | None,
+        settings: DecodeSettings,
+        deadline: Deadline,
+    ) -> AnswerStream:
+        """A chat answered with ParallelComp: cut into its parts, then asked as a question."""
+        context, parts = self._intake.split(messages, context)
+        encoding = self._intake.encoding(context, parts.system_prompt)
+        request = self._intake.request(encoding, parts.question, settings, deadline, False)
+        return self._answer_streams([request])[0]
 
     def _answer_streams(self, requests: list[Request]) -> list[AnswerStream]:
         """Queue one call's questions over one context; while they wait, other callers' questions
@@ -413,19 +409,9 @@ class ParallelCompEngine:
         return [AnswerStream(events) for events in self._scheduler.submit(job)]
 
     def _prompt_stream(
-        self,
-        prompt_ids: list[int],
-        settings: DecodeSettings | None,
-        timeout_s: float | None,
-        options: dict[str, Any],
+        self, prompt_ids: list[int], settings: DecodeSettings, deadline: Deadline
     ) -> AnswerStream:
-        decoding, deadline = self._settings(settings, options), self._deadline(timeout_s)
-        if len(prompt_ids) + decoding.max_new_tokens > self.native_window:
-            raise InvalidInputError(
-                f"prompt ({len(prompt_ids)} tokens) plus max_new_tokens={decoding.max_new_tokens} "
-                f"exceeds the trained window of {self.native_window}; pass long text as context"
-            )
-        request = PromptRequest(prompt_ids, decoding, deadline)
+        request = PromptRequest(prompt_ids, settings, deadline)
         job = Job(
             [request],
             lambda requests, control: self._pipeline.continue_prompt(requests[0], control),

@@ -20,8 +20,12 @@ class InvalidConfigError(ParallelCompError, ValueError):
     """Settings that are out of bounds or do not fit the model."""
 
 
-class ContextTooLongError(InvalidInputError):
-    """The context has more tokens than the configured hard limit (`max_context_tokens`)."""
+class ContextTooLongError(ParallelCompError):
+    """The context has more tokens than the configured hard limit (`max_context_tokens`).
+
+    Not a `ValueError`: frameworks that take a `ValueError` for a model's formatting mistake
+    (LlamaIndex's refine synthesizer logs it and answers "Empty Response") must let it through.
+    """
 
 
 class UnsupportedModelError(ParallelCompError):

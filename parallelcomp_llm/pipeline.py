@@ -31,7 +31,7 @@ from .prefill import EncodedBatch, question_pass
 from .requests import Encoding, PromptRequest, Request
 from .scheduler import BatchControl
 from .stages import BudgetSplit, ChunkEntries, QuestionEvidence, Stages, WindowAttention
-from .stages.contract import checked_picks, checked_relevance, checked_split
+from .stages.contract import checked_picks, checked_relevance, checked_shares, checked_split
 from .stats import StatsRecorder
 from .tracing import StageTracer
 
@@ -41,9 +41,10 @@ Events = Iterator[tuple[int, str | Answer]]
 
 @dataclass
 class Selection:
-    """One question's reading of the context, batch after batch: each chunk's relevance (when
-    chunks are ranked) and its KV after KV eviction."""
+    """One question's reading of the context, batch after batch: each chunk's relevance (scored
+    whenever there is more than one chunk, for attribution) and its KV after KV eviction."""
 
+    score: bool
     rank: bool
     evict: bool
     relevance: list[float] = field(default_factory=list)
@@ -55,7 +56,8 @@ class Selection:
         when a chunk is longer than its share."""
         chunks, budget = encoding.chunks, split.entries_per_chunk
         evict = budget is not None and any(len(chunk) > budget for chunk in chunks)
-        return cls(rank=split.keep_chunks < len(chunks), evict=evict)
+        rank = split.keep_chunks < len(chunks)
+        return cls(score=len(chunks) > 1, rank=rank, evict=evict)
 
 
 class Pipeline:
@@ -64,7 +66,6 @@ class Pipeline:
     def __init__(
         self,
         model: PreTrainedModel,
-        prefix_ids: list[int],
         stages: Stages,
         encoder: ChunkEncoder,
         decoder: Decoder,
@@ -74,7 +75,6 @@ class Pipeline:
         kernel: str,
     ) -> None:
         self.model = model
-        self.prefix = len(prefix_ids)
         self.stages = stages
         self.encoder = encoder
         self.decoder = decoder
@@ -88,7 +88,6 @@ class Pipeline:
         cls,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        prefix_ids: list[int],
         stages: Stages,
         config: ParallelCompConfig,
         store: CacheStore,
@@ -99,7 +98,6 @@ class Pipeline:
         pad_id = pad_token_id(tokenizer)
         encoder = ChunkEncoder(
             model,
-            prefix_ids,
             pad_id,
             config.chunk_batch_size,
             config.question_reserve_tokens,
@@ -110,7 +108,6 @@ class Pipeline:
         decoder = Decoder(model, tokenizer, end_token_ids(model, tokenizer), pad_id, tracer)
         return cls(
             model,
-            prefix_ids,
             stages,
             encoder,
             decoder,
@@ -137,8 +134,8 @@ class Pipeline:
             progress = any(request.progress for request in requests)
             for batch in self.encoder.batches(encoding, count, progress, control):
                 for request, selection in zip(requests, selections, strict=True):
-                    evidence = self.question_pass(batch, request, selection)
-                    if selection.rank:
+                    evidence = self.question_pass(batch, encoding, request, selection)
+                    if selection.score:
                         selection.relevance += self.score(evidence)
                     selection.stored += self.select_kv(batch, encoding, evidence, split)
                     del evidence  # its logits: one question's at a time
@@ -146,7 +143,7 @@ class Pipeline:
             rows = []
             for number, (request, selection) in enumerate(zip(requests, selections, strict=True)):
                 recorders[number].prefilled(count.cache_hit, count.chunks if number == 0 else 0)
-                kept = self.keep_chunks(selection, split, encoding, recorders[number])
+                kept = self.keep_chunks(selection, split, encoding, request, recorders[number])
                 rows.append(self.merge(selection, kept, encoding, request, recorders[number]))
             del selections
             with self.tracer.span("final_pass"):
@@ -168,14 +165,14 @@ class Pipeline:
         return [StatsRecorder(device, started, **counts) for _ in range(questions)]
 
     def question_pass(
-        self, batch: EncodedBatch, request: Request, selection: Selection
+        self, batch: EncodedBatch, encoding: Encoding, request: Request, selection: Selection
     ) -> QuestionEvidence | None:
         """The question after every chunk of `batch`, recording the attention the scorer and
-        the selector read; None when nothing is ranked or evicted."""
-        if not (selection.rank or selection.evict):
+        the selector read; None when nothing is scored or evicted."""
+        if not (selection.score or selection.evict):
             return None
         scorer, selector = self.stages.scorer, self.stages.selector
-        asked = [scorer.observation_window if selection.rank else None]
+        asked = [scorer.observation_window if selection.score else None]
         asked.append(selector.observation_window if selection.evict else None)
         question_ids = request.question_ids
         windows = {window: min(window, len(question_ids)) for window in asked if window}
@@ -185,7 +182,7 @@ class Pipeline:
         return QuestionEvidence(
             logits,
             question_ids,
-            [slice(self.prefix, length) for length in batch.lengths],
+            [slice(len(encoding.prefix_ids), length) for length in batch.lengths],
             {
                 window: WindowAttention(probe.window_scores[queries], queries)
                 for window, queries in windows.items()
@@ -209,12 +206,12 @@ class Pipeline:
         """Every chunk of `batch` copied out with the KV entries the selector keeps within the
         budget (all entries of a chunk within it)."""
         selector, budget = self.stages.selector, split.entries_per_chunk
-        window = selector.observation_window
+        window, prefix = selector.observation_window, len(encoding.prefix_ids)
         stored = []
         with self.tracer.span("kv_selection"):
             for row, index in enumerate(batch.chunk_indices):
                 length = len(encoding.chunks[index])
-                context = slice(self.prefix, self.prefix + length)
+                context = slice(prefix, prefix + length)
                 picks = None
                 if evidence is not None and budget is not None and length > budget:
                     attention = evidence.window_attention(window).scores if window else None
@@ -231,7 +228,7 @@ class Pipeline:
                         for layer in range(len(batch.keys))
                     ]
                 keep_prefix = index == 0 or not self.dedupe_prefix
-                stored.append(store_chunk(batch, row, length, self.prefix, picks, keep_prefix))
+                stored.append(store_chunk(batch, row, length, prefix, picks, keep_prefix))
         return stored
 
     def _picked(self, entries: ChunkEntries, budget: int) -> torch.Tensor:
@@ -241,7 +238,12 @@ class Pipeline:
         return checked_picks(selector, picked, heads, count)
 
     def keep_chunks(
-        self, selection: Selection, split: BudgetSplit, encoding: Encoding, recorder: StatsRecorder
+        self,
+        selection: Selection,
+        split: BudgetSplit,
+        encoding: Encoding,
+        request: Request,
+        recorder: StatsRecorder,
     ) -> list[int]:
         """The indices of the chunks that survive, in context order: the most relevant ones."""
         chunks, scorer = encoding.chunks, self.stages.scorer
@@ -253,12 +255,12 @@ class Pipeline:
                 kept = sorted(order[: split.keep_chunks])
             else:
                 kept = list(range(len(chunks)))
-        recorder.selected(
-            chunks,
-            kept,
-            selection.relevance if selection.rank else None,
-            (scorer.name or type(scorer).__name__) if selection.rank else None,
-        )
+        if selection.score:
+            shares = scorer.shares(selection.relevance, len(request.question_ids))
+            shares = checked_shares(scorer, shares, len(chunks))
+            recorder.selected(chunks, kept, shares, scorer.name or type(scorer).__name__)
+        else:
+            recorder.selected(chunks, kept, [1.0], None)
         return kept
 
     def merge(
@@ -280,7 +282,7 @@ class Pipeline:
             )
         selection.stored = []
         recorder.merged(merged.entries, len(request.question_ids))
-        start = self.prefix + max(len(encoding.chunks[i]) for i in kept)
+        start = len(encoding.prefix_ids) + max(len(encoding.chunks[i]) for i in kept)
         return FinalRow(merged, request.question_ids, start)
 
     def encode(
@@ -299,6 +301,7 @@ class Pipeline:
                 encoding.chunks,
                 encoding.context_tokens,
                 batches,
+                encoding.prefix_ids,
             ),
         )
 

@@ -1,8 +1,10 @@
 """Token layout of a ParallelComp prompt: `[prefix][context chunk][question block]`.
 
 The prefix and the question block come from the model's chat template (instruct models) or from
-a plain "question / answer" frame (base models). The template is rendered once around two marker
-strings and cut at them, so every chunk sees an ordinary in-window prompt.
+a plain "question / answer" frame (base models). The template is rendered around two marker
+strings and cut at them, so every chunk sees an ordinary in-window prompt. A request's system
+prompt is part of the prefix: the template's system turn, or the text before the context where
+the template has no system role (and for base models).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from .errors import InvalidConfigError, InvalidInputError
@@ -31,8 +34,12 @@ class PromptTemplate:
 
     @classmethod
     def for_tokenizer(
-        cls, tokenizer: PreTrainedTokenizerBase, use_chat_template: bool | None
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        use_chat_template: bool | None,
+        system_prompt: str | None = None,
     ) -> PromptTemplate:
+        """The template of `tokenizer`, with `system_prompt` (if any) in its prefix."""
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if use_chat_template is None:
             use_chat_template = has_template
@@ -41,28 +48,55 @@ class PromptTemplate:
                 raise InvalidConfigError(
                     "use_chat_template=True but the tokenizer has no chat template"
                 )
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": _CONTEXT_MARK + "\n\n" + _QUESTION_MARK}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
+            rendered = _render_with_system(tokenizer, system_prompt)
             prefix, rest = rendered.split(_CONTEXT_MARK)
             between, suffix = rest.split(_QUESTION_MARK)
             return cls(prefix=prefix, between=between, suffix=suffix, add_bos=False)
         before, after = _PLAIN_QUESTION_FRAME
-        return cls(prefix="", between=before, suffix=after, add_bos=True)
+        prefix = system_prompt + "\n\n" if system_prompt else ""
+        return cls(prefix=prefix, between=before, suffix=after, add_bos=True)
+
+
+def _render_with_system(tokenizer: PreTrainedTokenizerBase, system_prompt: str | None) -> str:
+    """The chat template around the markers, with `system_prompt` as the system turn; templates
+    that refuse a system role get it at the start of the user turn instead."""
+    user = _CONTEXT_MARK + "\n\n" + _QUESTION_MARK
+    messages = [{"role": "user", "content": user}]
+    if system_prompt:
+        try:
+            return tokenizer.apply_chat_template(
+                [{"role": "system", "content": system_prompt}, *messages],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        except TemplateError:
+            messages = [{"role": "user", "content": system_prompt + "\n\n" + user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 class PromptBuilder:
-    """Tokenizes the parts of ParallelComp prompts for one tokenizer and template."""
+    """Tokenizes the parts of ParallelComp prompts for one tokenizer and its template."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, use_chat_template: bool | None) -> None:
         self.tokenizer = tokenizer
-        self.template = template
+        self.use_chat_template = use_chat_template
+        self.template = PromptTemplate.for_tokenizer(tokenizer, use_chat_template)
         self._lock = threading.Lock()
         bos = tokenizer.bos_token_id
-        self._bos = [bos] if template.add_bos and bos is not None else []
-        self.prefix_ids = self._bos + self.encode(template.prefix)
+        self._bos = [bos] if self.template.add_bos and bos is not None else []
+        self.prefix_ids = self._bos + self.encode(self.template.prefix)
+        """The prefix of every chunk when the request has no system prompt."""
+
+    def prefix_with(self, system_prompt: str | None) -> list[int]:
+        """The chunk prefix of a request with `system_prompt` (the default prefix for None)."""
+        if system_prompt is None:
+            return self.prefix_ids
+        if not isinstance(system_prompt, str) or not system_prompt.strip():
+            raise InvalidInputError("system_prompt must be a non-blank string or None")
+        template = PromptTemplate.for_tokenizer(
+            self.tokenizer, self.use_chat_template, system_prompt
+        )
+        return self._bos + self.encode(template.prefix)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without special tokens added by the tokenizer.
@@ -84,14 +118,8 @@ class PromptBuilder:
 
     def chat_prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Token ids of a whole chat (no separate context), ready for the answer;
-        `InvalidInputError` unless `messages` is a non-empty list of role/content dicts."""
-        if not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
-        ):
-            raise InvalidInputError(
-                "messages must be a non-empty list of {'role', 'content'} dicts"
-            )
-        messages = list(messages)
+        `InvalidInputError` unless `messages` pass `checked_messages`."""
+        messages = checked_messages(messages)
         if self.template.add_bos or not getattr(self.tokenizer, "chat_template", None):
             text = "\n\n".join(m["content"] for m in messages) + self.template.suffix
             return self._bos + self.encode(text)
@@ -99,3 +127,24 @@ class PromptBuilder:
             messages, tokenize=False, add_generation_prompt=True
         )
         return self.encode(rendered)
+
+
+def checked_messages(messages: object) -> list[dict[str, str]]:
+    """`messages` as a list of role/content dicts; `InvalidInputError` for anything else."""
+    if (
+        isinstance(messages, str | bytes)
+        or not isinstance(messages, Sequence)
+        or not messages
+        or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    ):
+        raise InvalidInputError(
+            "messages must be a non-empty list of {'role': str, 'content': str} dicts"
+        )
+    if not messages[-1]["content"].strip():
+        raise InvalidInputError("the last message is empty: it holds the question")
+    return list(messages)

@@ -15,13 +15,15 @@ from .errors import InvalidInputError
 
 @dataclass
 class Encoding:
-    """The chunks of a context, its identity (`context_key`), and its encoded KV when the caller
-    passed a `ContextCache`."""
+    """The chunks of a context, its identity (`context_key`), its encoded KV when the caller
+    passed a `ContextCache`, and the prefix every chunk is prefilled after (the template's, with
+    the request's system prompt)."""
 
     chunks: list[Chunk]
     context_tokens: int
     context_key: str
     cache: ContextCache | None
+    prefix_ids: list[int]
 
 
 @dataclass

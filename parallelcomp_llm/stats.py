@@ -31,18 +31,18 @@ class StatsRecorder:
         self,
         chunks: list[Chunk],
         kept: list[int],
-        relevance: list[float] | None,
+        relevance: list[float],
         scorer: str | None,
     ) -> None:
-        """Chunk eviction kept the chunks `kept`, ranked by `relevance` from the scorer named
-        `scorer` (None for both when every chunk was kept unscored)."""
+        """Chunk eviction kept the chunks `kept`; `relevance` are the chunks' shares from the
+        scorer named `scorer` (None, and a share of 1, for a context of one chunk)."""
         self.stats.scorer = scorer
         self.stats.chunks_kept = len(kept)
         self.stats.chunks = [
             ChunkInfo(
                 documents=tuple(chunk.documents),
                 tokens=len(chunk),
-                relevance=None if relevance is None else relevance[index],
+                relevance=relevance[index],
                 kept=index in kept,
             )
             for index, chunk in enumerate(chunks)

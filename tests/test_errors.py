@@ -121,9 +121,10 @@ def test_bad_chat_and_prompt_input(engine):
         engine.chat([{"role": "user"}])
 
 
-def test_prompt_longer_than_window_is_refused():
-    engine = tiny_engine("qwen2")
-    with pytest.raises(InvalidInputError, match="trained window"):
-        engine.stream_complete(text_of_tokens(600))
-    with pytest.raises(InvalidInputError, match="trained window"):
-        engine.stream_chat([{"role": "user", "content": text_of_tokens(600)}])
+def test_prompt_longer_than_the_hard_limit_is_refused_before_model_work(engine):
+    long = text_of_tokens(5200)
+    with pytest.raises(ContextTooLongError, match="more than max_context_tokens=5000"):
+        engine.stream_complete(long)
+    with pytest.raises(ContextTooLongError, match="more than max_context_tokens=5000"):
+        engine.stream_chat([{"role": "user", "content": long}])
+    assert not isinstance(ContextTooLongError("x"), ValueError)

@@ -67,7 +67,8 @@ def test_most_relevant_chunks_are_kept():
     )
     relevance = [c.relevance for c in answer.stats.chunks]
     kept = [i for i, c in enumerate(answer.stats.chunks) if c.kept]
-    assert answer.stats.scorer == "nll" and all(r < 0 for r in relevance)
+    assert answer.stats.scorer == "nll" and all(0.0 <= r <= 1.0 for r in relevance)
+    assert sum(relevance) == pytest.approx(1.0)
     assert kept == sorted(sorted(range(5), key=lambda i: -relevance[i])[:2])
 
 
@@ -91,4 +92,4 @@ def test_attention_scoring_ranks_and_keeps():
     relevance = [c.relevance for c in answer.stats.chunks]
     kept = [i for i, c in enumerate(answer.stats.chunks) if c.kept]
     assert kept == sorted(sorted(range(4), key=lambda i: -relevance[i])[:2])
-    assert all(0.0 < r <= 1.0 + 1e-5 for r in relevance)
+    assert all(0.0 < r <= 1.0 for r in relevance) and sum(relevance) == pytest.approx(1.0)

@@ -60,3 +60,20 @@ def checked_split(policy: Stage, split: object, chunks: int) -> BudgetSplit:
             f"entry a chunk (or None), got {split!r}"
         )
     return split
+
+
+def checked_shares(scorer: Stage, shares: object, chunks: int) -> list[float]:
+    """The shares a scorer made of `chunks` relevances: that many floats from 0 to 1 that sum
+    to 1."""
+    values = list(shares) if isinstance(shares, list | tuple) else None
+    if (
+        values is None
+        or len(values) != chunks
+        or not all(isinstance(v, float | int) and 0.0 <= v <= 1.0 for v in values)
+        or not math.isclose(sum(values), 1.0, rel_tol=1e-6, abs_tol=1e-6)
+    ):
+        raise StageError(
+            f"{_name(scorer)}.shares must return {chunks} floats from 0 to 1 summing to 1, "
+            f"got {shares!r}"
+        )
+    return [float(v) for v in values]

@@ -59,6 +59,11 @@ class ChunkScorer(Stage):
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
         """One relevance per row of the batch, as a float tensor (rows,)."""
 
+    def shares(self, relevance: list[float], question_tokens: int) -> list[float]:
+        """The relevance of all the context's chunks as probability-like shares (0 to 1, summing
+        to 1), the attribution callers read: by default a softmax."""
+        return torch.softmax(torch.tensor(relevance, dtype=torch.float64), dim=0).tolist()
+
 
 SCORERS: Registry[ChunkScorer] = Registry("chunk scorer", ChunkScorer)
 
@@ -74,6 +79,12 @@ class NllScorer(ChunkScorer):
         log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         picked = log_probs.gather(-1, targets[None, :, None].expand(logits.shape[0], -1, 1))
         return picked.squeeze(-1).mean(dim=1)
+
+    def shares(self, relevance: list[float], question_tokens: int) -> list[float]:
+        """Each chunk's probability of being the one the question comes from, with every chunk
+        equally likely before: the softmax of the question's whole log-likelihood."""
+        scored = max(1, question_tokens - 1)
+        return super().shares([value * scored for value in relevance], question_tokens)
 
 
 @SCORERS.register("attention")
@@ -96,3 +107,10 @@ class AttentionMassScorer(ChunkScorer):
             ]
             rows.append(torch.stack(per_layer).mean() / attention.queries)
         return torch.stack(rows)
+
+    def shares(self, relevance: list[float], question_tokens: int) -> list[float]:
+        """Each chunk's share of the attention mass that falls on the context."""
+        total = sum(relevance)
+        if total <= 0:
+            return [1.0 / len(relevance)] * len(relevance)
+        return [value / total for value in relevance]

@@ -32,7 +32,7 @@ from typing import Literal, Protocol, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
-from parallelcomp_llm.prompt import PromptBuilder, PromptTemplate
+from parallelcomp_llm.prompt import PromptBuilder
 
 from . import data
 from .items import Item
@@ -90,9 +90,7 @@ class EngineSizer:
         cls, tokenizer: PreTrainedTokenizerBase, use_chat_template: bool | None = None
     ) -> EngineSizer:
         """The sizer of an engine over `tokenizer`, without loading the model."""
-        return cls(
-            PromptBuilder(tokenizer, PromptTemplate.for_tokenizer(tokenizer, use_chat_template))
-        )
+        return cls(PromptBuilder(tokenizer, use_chat_template))
 
     def count(self, text: str) -> int:
         return len(self.prompts.encode(text))

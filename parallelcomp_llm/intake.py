@@ -1,0 +1,139 @@
+"""`Intake`: every input of a request checked and shaped before any model work.
+
+It tokenizes and chunks a context (or takes the chunks of a `ContextCache`), checks that a
+question and the answer fit the trained window after the longest chunk, resolves decoding
+settings and deadlines, and cuts a chat or prompt too long for the window into a system prompt,
+context and question (`long_prompt`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .admission import Deadline
+from .chunking import ChunkPlan
+from .config import ParallelCompConfig
+from .context_cache import ContextCache, digest
+from .decode_settings import DecodeSettings
+from .errors import ContextTooLongError, InvalidInputError
+from .long_prompt import PromptParts, PromptSplitter
+from .prompt import PromptBuilder
+from .requests import Encoding, Request, documents_of
+
+Context = str | Sequence[str] | ContextCache
+"""What a question is asked over: a text, a sequence of documents, or an encoded context."""
+
+
+class Intake:
+    """Checks and shapes the requests of one engine (its prompts, chunk plan and settings)."""
+
+    def __init__(
+        self,
+        prompts: PromptBuilder,
+        chunk_plan: ChunkPlan,
+        config: ParallelCompConfig,
+        model_key: str,
+        native_window: int,
+    ) -> None:
+        self.prompts = prompts
+        self.chunk_plan = chunk_plan
+        self.config = config
+        self.model_key = model_key
+        self.native_window = native_window
+        self.splitter = PromptSplitter(prompts, config.question_reserve_tokens)
+
+    def deadline(self, timeout_s: float | None) -> Deadline:
+        return Deadline.within(timeout_s, self.config.request_timeout_s)
+
+    def settings(self, settings: DecodeSettings | None, options: dict[str, Any]) -> DecodeSettings:
+        config = self.config
+        return DecodeSettings.for_call(
+            settings, options, config.answer_reserve_tokens, config.max_new_tokens_limit
+        )
+
+    def encoding(self, context: Context, system_prompt: str | None = None) -> Encoding:
+        """Tokenize and chunk `context` for chunks prefixed with `system_prompt`, or take the
+        chunks of a given `ContextCache` (encoded with that system prompt, or with its own when
+        `system_prompt` is None)."""
+        if isinstance(context, ContextCache):
+            context.check_made_for(self.model_key)
+            if system_prompt is not None and self.prompts.prefix_with(system_prompt) != list(
+                context.prefix_ids
+            ):
+                raise InvalidInputError(
+                    "this context cache was encoded with another system prompt; encode the "
+                    "context with engine.encode(..., system_prompt=...) for this one"
+                )
+            return Encoding(
+                context.chunks,
+                context.context_tokens,
+                context.context_key,
+                context,
+                context.prefix_ids,
+            )
+        prefix_ids = self.prompts.prefix_with(system_prompt)
+        documents = [self.prompts.encode(d) if d.strip() else [] for d in documents_of(context)]
+        context_tokens = sum(len(ids) for ids in documents)
+        if context_tokens > self.config.max_context_tokens:
+            raise ContextTooLongError(
+                f"context has {context_tokens} tokens, more than max_context_tokens="
+                f"{self.config.max_context_tokens}; raise the limit or pass less text"
+            )
+        extra_prefix = len(prefix_ids) - len(self.prompts.prefix_ids)
+        return Encoding(
+            self.chunk_plan.split(documents, extra_prefix),
+            context_tokens,
+            digest(self.model_key, prefix_ids, documents),
+            None,
+            prefix_ids,
+        )
+
+    def request(
+        self,
+        encoding: Encoding,
+        question: str,
+        settings: DecodeSettings,
+        deadline: Deadline,
+        progress: bool,
+    ) -> Request:
+        """One question over `encoding`, checked to fit the window after its longest chunk."""
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInputError("question is empty")
+        question_ids = self.prompts.question_ids(question)
+        longest = max(len(chunk) for chunk in encoding.chunks)
+        prefix = len(encoding.prefix_ids)
+        needed = prefix + longest + len(question_ids) + settings.max_new_tokens
+        if needed > self.native_window:
+            raise InvalidInputError(
+                f"the question ({len(question_ids)} tokens with its template) and max_new_tokens="
+                f"{settings.max_new_tokens} do not fit after a chunk of {longest} tokens and a "
+                f"prefix of {prefix} in the trained window of {self.native_window}; shorten the "
+                "question or the system prompt, lower max_new_tokens, or raise "
+                "question_reserve_tokens / answer_reserve_tokens"
+            )
+        return Request(encoding, question_ids, settings, deadline, progress)
+
+    def fits_window(self, prompt_ids: list[int], settings: DecodeSettings) -> bool:
+        """Whether a plain prompt and its answer fit the trained window."""
+        return len(prompt_ids) + settings.max_new_tokens <= self.native_window
+
+    def split(
+        self, messages: Sequence[dict[str, str]], context: Context | None
+    ) -> tuple[Context, PromptParts]:
+        """A chat over `context` (or over nothing) cut into its parts (`long_prompt`), and the
+        context its question is asked over: the caller's documents followed by the chat's."""
+        if isinstance(context, ContextCache):
+            parts = self.splitter.split(messages)
+            if parts.documents:
+                raise InvalidInputError(
+                    "over an encoded context (ContextCache) a chat can only hold system messages "
+                    "and one question: earlier turns cannot be added to it; pass the documents "
+                    "as text instead"
+                )
+            return context, parts
+        given = [] if context is None else documents_of(context)
+        parts = self.splitter.split(messages, given)
+        if not any(document.strip() for document in parts.documents):
+            raise InvalidInputError("the chat holds no context beside its question")
+        return parts.documents, parts
