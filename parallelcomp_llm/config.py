@@ -50,7 +50,10 @@ class ParallelCompConfig(CheckedModel):
         "8K): see benchmarks/results/tuning/.",
     )
     question_reserve_tokens: int = Field(
-        256, ge=1, description="Longest question (with its template) a chunk leaves room for."
+        256,
+        ge=1,
+        description="Longest question (with its template) a chunk leaves room for; also the "
+        "longest system prompt, and question, that a long prompt or chat is cut into.",
     )
     answer_reserve_tokens: int = Field(
         256, ge=1, description="Room left for the answer; also the default `max_new_tokens`."
