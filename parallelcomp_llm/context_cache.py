@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,10 @@ class ContextCache:
 
 
 class CacheStore:
-    """Least-recently-used context caches within a device budget, then a host budget (bytes)."""
+    """Least-recently-used context caches within a device budget, then a host budget (bytes).
+
+    Thread-safe: the engine's worker reads and fills it while callers load or clear caches.
+    """
 
     def __init__(self, device: torch.device, device_budget: int, host_budget: int) -> None:
         self.device = device
@@ -158,6 +162,7 @@ class CacheStore:
         self.host_budget = host_budget
         self._device: OrderedDict[str, ContextCache] = OrderedDict()
         self._host: OrderedDict[str, ContextCache] = OrderedDict()
+        self._lock = threading.RLock()
 
     @property
     def capacity(self) -> int:
@@ -165,26 +170,29 @@ class CacheStore:
 
     def get(self, key: str) -> ContextCache | None:
         """The cache for `key` on the engine's device, marked most recently used, or None."""
-        cache = self._device.pop(key, None) or self._host.pop(key, None)
-        if cache is None:
-            return None
-        self.put(cache)
+        with self._lock:
+            cache = self._device.pop(key, None) or self._host.pop(key, None)
+            if cache is None:
+                return None
+            self.put(cache)
         return cache.to(self.device)
 
     def put(self, cache: ContextCache) -> None:
         """Keep `cache` (if it fits a budget at all), evicting least recently used ones."""
-        self._device.pop(cache.context_key, None)
-        self._host.pop(cache.context_key, None)
-        if cache.nbytes <= self.device_budget:
-            self._device[cache.context_key] = cache.to(self.device)
-            self._shrink(self._device, self.device_budget, demote=True)
-        elif cache.nbytes <= self.host_budget:
-            self._host[cache.context_key] = cache.to(torch.device("cpu"))
-            self._shrink(self._host, self.host_budget, demote=False)
+        with self._lock:
+            self._device.pop(cache.context_key, None)
+            self._host.pop(cache.context_key, None)
+            if cache.nbytes <= self.device_budget:
+                self._device[cache.context_key] = cache.to(self.device)
+                self._shrink(self._device, self.device_budget, demote=True)
+            elif cache.nbytes <= self.host_budget:
+                self._host[cache.context_key] = cache.to(torch.device("cpu"))
+                self._shrink(self._host, self.host_budget, demote=False)
 
     def clear(self) -> None:
-        self._device.clear()
-        self._host.clear()
+        with self._lock:
+            self._device.clear()
+            self._host.clear()
 
     def _shrink(self, tier: OrderedDict[str, ContextCache], budget: int, demote: bool) -> None:
         while sum(cache.nbytes for cache in tier.values()) > budget:
@@ -196,4 +204,5 @@ class CacheStore:
     @property
     def keys(self) -> list[str]:
         """Keys held, least recently used first (device tier, then host tier)."""
-        return [*self._host, *self._device]
+        with self._lock:
+            return [*self._host, *self._device]

@@ -113,3 +113,32 @@ def test_several_questions_in_one_batch_equal_one_by_one(settings):
         engine.generate_batch(DOCS, "Which?")
     with pytest.raises(InvalidInputError):
         engine.generate_batch(DOCS, ["Which?", ""])
+
+
+def test_the_store_stays_consistent_under_concurrent_use():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from parallelcomp_llm.context_cache import ContextCache
+    from parallelcomp_llm.prefill import EncodedBatch
+
+    def cache(key: int) -> ContextCache:
+        tensor = torch.zeros(1, 1, 8, 4)
+        batch = EncodedBatch([0], [8], [tensor.clone()], [tensor.clone()])
+        return ContextCache("model", f"key{key}", [], 8, [batch], [1])
+
+    size = cache(0).nbytes
+    store = CacheStore(torch.device("cpu"), 0, 5 * size)
+
+    def work(worker: int) -> int:
+        for step in range(1500):
+            key = (worker * 7 + step) % 12
+            if step % 50 == 0:
+                store.clear()
+            elif step % 3:
+                store.put(cache(key))
+            else:
+                store.get(f"key{key}")
+        return len(store.keys)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(held <= 5 for held in pool.map(work, range(4)))
