@@ -5,10 +5,15 @@ a plain "question / answer" frame (base models). The template is rendered around
 strings and cut at them, so every chunk sees an ordinary in-window prompt. A request's system
 prompt is part of the prefix: the template's system turn, or the text before the context where
 the template has no system role (and for base models).
+
+Text from callers (documents, questions, system prompts, chat messages) is tokenized with special
+tokens split, so that no input can produce a control token such as `<|im_end|>`; only the
+template's own text is tokenized with them.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +25,8 @@ from .errors import InvalidConfigError, InvalidInputError
 
 _CONTEXT_MARK = "\x00PARALLELCOMP_CONTEXT\x00"
 _QUESTION_MARK = "\x00PARALLELCOMP_QUESTION\x00"
+_SYSTEM_MARK = "\x00PARALLELCOMP_SYSTEM\x00"
+_MARK = re.compile("(\x00PARALLELCOMP_[A-Z0-9_]+\x00)")
 _PLAIN_QUESTION_FRAME = ("\n\nQuestion: ", "\nAnswer:")
 
 
@@ -39,7 +46,8 @@ class PromptTemplate:
         use_chat_template: bool | None,
         system_prompt: str | None = None,
     ) -> PromptTemplate:
-        """The template of `tokenizer`, with `system_prompt` (if any) in its prefix."""
+        """The template of `tokenizer`, with `system_prompt` (if any; a marker string, for
+        `PromptBuilder`) in its prefix."""
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if use_chat_template is None:
             use_chat_template = has_template
@@ -79,12 +87,14 @@ class PromptBuilder:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, use_chat_template: bool | None) -> None:
         self.tokenizer = tokenizer
-        self.use_chat_template = use_chat_template
         self.template = PromptTemplate.for_tokenizer(tokenizer, use_chat_template)
+        self._system_template = PromptTemplate.for_tokenizer(
+            tokenizer, use_chat_template, _SYSTEM_MARK
+        )
         self._lock = threading.Lock()
         bos = tokenizer.bos_token_id
         self._bos = [bos] if self.template.add_bos and bos is not None else []
-        self.prefix_ids = self._bos + self.encode(self.template.prefix)
+        self.prefix_ids = self._bos + self._template_ids(self.template.prefix)
         """The prefix of every chunk when the request has no system prompt."""
 
     def prefix_with(self, system_prompt: str | None) -> list[int]:
@@ -93,24 +103,45 @@ class PromptBuilder:
             return self.prefix_ids
         if not isinstance(system_prompt, str) or not system_prompt.strip():
             raise InvalidInputError("system_prompt must be a non-blank string or None")
-        template = PromptTemplate.for_tokenizer(
-            self.tokenizer, self.use_chat_template, system_prompt
-        )
-        return self._bos + self.encode(template.prefix)
+        prefix = self._system_template.prefix
+        return self._bos + self._marked_ids(prefix, {_SYSTEM_MARK: system_prompt})
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without special tokens added by the tokenizer.
+        """Token ids of caller text, special tokens split (never a control token) and none
+        added."""
+        return self._ids(text, split_special_tokens=True)
 
-        Calls are serialised: a fast tokenizer shared by threads can fail with "Already borrowed".
-        """
+    def _template_ids(self, text: str) -> list[int]:
+        """Token ids of the template's own text, its special tokens recognised."""
+        return self._ids(text, split_special_tokens=False)
+
+    def _ids(self, text: str, split_special_tokens: bool) -> list[int]:
+        """Calls are serialised: a fast tokenizer shared by threads can fail with "Already
+        borrowed"."""
         if not text:
             return []
         with self._lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            encoded = self.tokenizer(
+                text, add_special_tokens=False, split_special_tokens=split_special_tokens
+            )
+        return list(encoded["input_ids"])
+
+    def _marked_ids(self, rendered: str, texts: dict[str, str]) -> list[int]:
+        """Token ids of rendered template text in which markers stand for caller `texts`."""
+        ids: list[int] = []
+        for part in _MARK.split(rendered):
+            ids += self.encode(texts[part]) if part in texts else self._template_ids(part)
+        return ids
 
     def question_ids(self, question: str) -> list[int]:
-        """The question block: text after the context, the question, end of turn, answer header."""
-        return self.encode(self.template.between + question + self.template.suffix)
+        """The question block: text after the context, the question, end of turn, answer header.
+
+        The text between context and question is the template's blank line (or the plain
+        frame's "Question:"), free of special tokens, and is tokenized with the question, as the
+        model sees it in a rendered chat.
+        """
+        between, suffix = self.template.between, self.template.suffix
+        return self.encode(between + question) + self._template_ids(suffix)
 
     def completion_ids(self, prompt: str) -> list[int]:
         """Token ids of a plain prompt to continue (no template; BOS for base models)."""
@@ -121,12 +152,16 @@ class PromptBuilder:
         `InvalidInputError` unless `messages` pass `checked_messages`."""
         messages = checked_messages(messages)
         if self.template.add_bos or not getattr(self.tokenizer, "chat_template", None):
-            text = "\n\n".join(m["content"] for m in messages) + self.template.suffix
-            return self._bos + self.encode(text)
+            ids = list(self._bos)
+            for number, message in enumerate(messages):
+                ids += self.encode(("\n\n" if number else "") + message["content"])
+            return ids + self._template_ids(self.template.suffix)
+        marks = {f"\x00PARALLELCOMP_MESSAGE_{n}\x00": m["content"] for n, m in enumerate(messages)}
+        marked = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
         rendered = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+            marked, tokenize=False, add_generation_prompt=True
         )
-        return self.encode(rendered)
+        return self._marked_ids(rendered, marks)
 
 
 def checked_messages(messages: object) -> list[dict[str, str]]:
