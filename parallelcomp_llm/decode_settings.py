@@ -16,6 +16,10 @@ from .errors import CheckedModel, InvalidInputError
 
 MIN_TEMPERATURE = 1e-5
 """Smallest sampling temperature; lower ones overflow the logits (0 is greedy decoding)."""
+MAX_STOP_STRINGS = 64
+"""Most stop strings a request may give."""
+MAX_STOP_CHARACTERS = 1000
+"""Longest stop string, in characters."""
 
 
 class DecodeSettings(CheckedModel):
@@ -49,6 +53,11 @@ class DecodeSettings(CheckedModel):
             stop = [stop]
         if not isinstance(stop, list | tuple) or not all(isinstance(s, str) and s for s in stop):
             raise ValueError("stop must be a string or a list of non-empty strings")
+        if len(stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARACTERS for s in stop):
+            raise ValueError(
+                f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_CHARACTERS} "
+                "characters each (every one is matched after every token)"
+            )
         return tuple(stop)
 
     @field_validator("temperature")

@@ -48,6 +48,8 @@ def engine():
         ("text", "Q?", {"top_p": 0}, InvalidInputError),
         ("text", "Q?", {"stop": [""]}, InvalidInputError),
         ("text", "Q?", {"stop": [3]}, InvalidInputError),
+        ("text", "Q?", {"stop": ["x"] * 65}, InvalidInputError),
+        ("text", "Q?", {"stop": ["x" * 1001]}, InvalidInputError),
     ],
     ids=lambda value: repr(value)[:20] if isinstance(value, (str, list, bytes, int)) else None,
 )
@@ -78,6 +80,7 @@ def test_long_context_is_refused_not_truncated(engine):
         {"pooling_kernel": 4},
         {"calibration_layers": (3, 1)},
         {"calibration_threshold": 0.5},
+        {"calibration_threshold": float("inf")},
         {"max_context_tokens": 0},
         {"device": "tpu"},
         {"no_such_setting": 1},

@@ -33,7 +33,7 @@ LayerRange = Annotated[tuple[int, int], AfterValidator(_ordered)]
 Region = Literal["sink", "recent", "middle", "all"]
 """Where in its chunk an entry may be masked: the first or last `region_tokens`, between, or all."""
 RegionTokens = Annotated[int, Field(ge=1)]
-BiasThreshold = Annotated[float, Field(gt=1.0)]
+BiasThreshold = Annotated[float, Field(gt=1.0, allow_inf_nan=False)]
 """Multiple of the uniform attention share (1 / keys) above which an entry is a bias entry."""
 
 
