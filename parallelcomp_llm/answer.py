@@ -26,7 +26,8 @@ class ChunkInfo:
 class AnswerStats:
     """What a request cost and what it kept.
 
-    `scorer` names the chunk scorer whose shares `ChunkInfo.relevance` holds, None when the
+    `context_tokens` counts the tokens of the context's chunks, the separators between packed
+    documents included. `scorer` names the chunk scorer whose shares `ChunkInfo.relevance` holds, None when the
     context was one chunk (not scored). `kv_entries_kept` counts the merged KV entries per layer
     and KV head the answer was decoded over. `context_cache_hit` is True when the context's
     encoded chunks were reused (then `chunks_prefilled` is 0). `batch_size` counts the questions

@@ -73,16 +73,26 @@ class Intake:
                 context.prefix_ids,
             )
         prefix_ids = self.prompts.prefix_with(system_prompt)
-        documents = [self.prompts.encode(d) if d.strip() else [] for d in documents_of(context)]
-        context_tokens = sum(len(ids) for ids in documents)
-        if context_tokens > self.config.max_context_tokens:
+        texts = documents_of(context)
+        limit = self.config.max_context_tokens
+        characters = sum(len(text) for text in texts)
+        if characters > limit * self.prompts.max_token_characters:
             raise ContextTooLongError(
-                f"context has {context_tokens} tokens, more than max_context_tokens="
-                f"{self.config.max_context_tokens}; raise the limit or pass less text"
+                f"context has {characters} characters, so more than max_context_tokens={limit} "
+                f"tokens (no token is longer than {self.prompts.max_token_characters} "
+                "characters); raise the limit or pass less text"
             )
+        documents = [self.prompts.encode(d) if d.strip() else [] for d in texts]
         extra_prefix = len(prefix_ids) - len(self.prompts.prefix_ids)
+        chunks = self.chunk_plan.split(documents, extra_prefix)
+        context_tokens = sum(len(chunk) for chunk in chunks)
+        if context_tokens > limit:
+            raise ContextTooLongError(
+                f"context has {context_tokens} tokens, more than max_context_tokens={limit} "
+                "(separators between packed documents count); raise the limit or pass less text"
+            )
         return Encoding(
-            self.chunk_plan.split(documents, extra_prefix),
+            chunks,
             context_tokens,
             digest(self.model_key, prefix_ids, documents),
             None,

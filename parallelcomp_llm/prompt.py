@@ -96,6 +96,9 @@ class PromptBuilder:
         self._bos = [bos] if self.template.add_bos and bos is not None else []
         self.prefix_ids = self._bos + self._template_ids(self.template.prefix)
         """The prefix of every chunk when the request has no system prompt."""
+        self.max_token_characters = max(len(token) for token in tokenizer.get_vocab())
+        """No token stands for more characters of text than this, so a text of `n` characters
+        has at least `n / max_token_characters` tokens (a bound known before tokenizing)."""
 
     def prefix_with(self, system_prompt: str | None) -> list[int]:
         """The chunk prefix of a request with `system_prompt` (the default prefix for None)."""

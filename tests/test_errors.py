@@ -131,3 +131,15 @@ def test_prompt_longer_than_the_hard_limit_is_refused_before_model_work(engine):
     with pytest.raises(ContextTooLongError, match="more than max_context_tokens=5000"):
         engine.stream_chat([{"role": "user", "content": long}])
     assert not isinstance(ContextTooLongError("x"), ValueError)
+
+
+def test_a_huge_text_is_refused_before_it_is_tokenized(engine):
+    huge = ["x" * (5000 * engine.prompts.max_token_characters + 1)]
+    with pytest.raises(ContextTooLongError, match="characters, so more than max_context_tokens"):
+        engine.generate(huge, "Q?")
+
+
+def test_separators_between_packed_documents_count_against_the_limit(engine):
+    documents = ["ab"] * 2000
+    with pytest.raises(ContextTooLongError, match="separators"):
+        engine.generate(documents, "Q?")
