@@ -108,7 +108,9 @@ class Intake:
         progress: bool,
     ) -> Request:
         """One question over `encoding`, checked to fit the window after its longest chunk."""
-        if not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str):
+            raise InvalidInputError(f"question must be a string, got {type(question).__name__}")
+        if not question.strip():
             raise InvalidInputError("question is empty")
         question_ids = self.prompts.question_ids(question)
         longest = max(len(chunk) for chunk in encoding.chunks)

@@ -111,7 +111,16 @@ class PromptBuilder:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of caller text, special tokens split (never a control token) and none
-        added."""
+        added; `InvalidInputError` for what is not a string of valid Unicode."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidInputError(
+                f"text holds a lone surrogate at character {error.start}, which is not valid "
+                "Unicode: decode the source with errors='replace'"
+            ) from None
         return self._ids(text, split_special_tokens=True)
 
     def _template_ids(self, text: str) -> list[int]:

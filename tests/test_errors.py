@@ -48,6 +48,9 @@ def engine():
         ("text", "Q?", {"top_p": 0}, InvalidInputError),
         ("text", "Q?", {"stop": [""]}, InvalidInputError),
         ("text", "Q?", {"stop": [3]}, InvalidInputError),
+        ("text", b"Q?", {}, InvalidInputError),
+        ("abc\udc80", "Q?", {}, InvalidInputError),
+        ("text", "Q\ud800?", {}, InvalidInputError),
         ("text", "Q?", {"stop": ["x"] * 65}, InvalidInputError),
         ("text", "Q?", {"stop": ["x" * 1001]}, InvalidInputError),
     ],
@@ -143,3 +146,12 @@ def test_separators_between_packed_documents_count_against_the_limit(engine):
     documents = ["ab"] * 2000
     with pytest.raises(ContextTooLongError, match="separators"):
         engine.generate(documents, "Q?")
+
+
+def test_count_tokens_takes_only_text(engine):
+    with pytest.raises(InvalidInputError, match="got NoneType"):
+        engine.count_tokens(None)
+    with pytest.raises(InvalidInputError, match="lone surrogate at character 3"):
+        engine.count_tokens("abc\udc80")
+    with pytest.raises(InvalidInputError, match="got bytes"):
+        engine.generate("text", b"Q?")
