@@ -110,5 +110,10 @@ class WaitingLine(Generic[RequestT]):
         self._requests = [request for request in self._requests if id(request) not in taken]
         return batch
 
+    def take_all(self) -> list[RequestT]:
+        """Empty the line; the requests that waited, in order."""
+        taken, self._requests = self._requests, []
+        return taken
+
     def _drop_unwanted(self) -> None:
         self._requests = [request for request in self._requests if request.wanted()]

@@ -181,6 +181,11 @@ class ParallelCompEngine:
         """Whether the model works for some request."""
         return self._scheduler.busy
 
+    def close(self, timeout_s: float | None = None) -> None:
+        """Cancel every waiting and running request and wait (up to `timeout_s`) for the model to
+        stop; later calls still work. It runs by itself when the interpreter exits."""
+        self._scheduler.shutdown(timeout_s)
+
     def describe(self) -> dict[str, Any]:
         """The resolved settings and the stages, as JSON data (for result records and logs)."""
         return {"config": self.config.model_dump(mode="json"), "stages": self.stages.describe()}

@@ -134,6 +134,7 @@ class Pipeline:
             progress = any(request.progress for request in requests)
             for batch in self.encoder.batches(encoding, count, progress, control):
                 for request, selection in zip(requests, selections, strict=True):
+                    control.check()
                     evidence = self.question_pass(batch, encoding, request, selection)
                     if selection.score:
                         selection.relevance += self.score(evidence)

@@ -18,7 +18,8 @@ stops reading or is cancelled. A worker that belongs to no caller has neither pr
 
 Each request of a batch keeps its own fate:
 - Deadline: a reader that waits past its job's deadline gets `RequestTimeoutError`. The code
-  running the batch asks `BatchControl.check` before each chunk batch of the prefill and
+  running the batch asks `BatchControl.check` before each forward pass of the prefill (chunk
+  batches and question passes) and
   `BatchControl.keep` for each running row after each decoding step: rows past their deadline fail
   there with `RequestTimeoutError` and are no longer computed, while the other rows go on.
 - Cancellation: closing a row's `RowEvents` before its result, or dropping it, cancels its job;
@@ -30,15 +31,20 @@ Each request of a batch keeps its own fate:
   error, or closed its stream, leaves the engine idle unless other requests are there.
 - Device memory: a batch of several jobs that runs out of memory before handing out any event
   runs again, one job at a time; one that runs out later fails every job in it.
+- Shutdown: `Scheduler.shutdown` cancels every job and waits for the worker to stop; it runs for
+  every scheduler when the interpreter exits, so that the worker never dies inside torch (an
+  abort) because the program ended with a request in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import queue
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Generator, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -256,6 +262,7 @@ class Scheduler:
         self._lock = threading.RLock()
         self._running: list[Job] = []
         self._worker: threading.Thread | None = None
+        _SCHEDULERS.add(self)
 
     @property
     def busy(self) -> bool:
@@ -290,6 +297,16 @@ class Scheduler:
             job.cancel()
         if wait:
             self.await_release(job)
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Cancel every waiting and running job, then wait (up to `timeout_s`) for the worker to
+        stop: at the running batch's next step."""
+        with self._lock:
+            for job in [*self._line.take_all(), *self._running]:
+                job.cancel()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout_s)
 
     def await_release(self, job: Job) -> None:
         """Wait until the model does no more work for `job` (not from the worker itself, nor while
@@ -329,6 +346,17 @@ class Scheduler:
         for job in batch:
             job.fail(error)
         return []
+
+
+_SCHEDULERS: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+_EXIT_TIMEOUT_S = 60.0
+"""Longest the interpreter's exit waits for a worker to finish its current step."""
+
+
+@atexit.register
+def _shut_down_all() -> None:
+    for scheduler in list(_SCHEDULERS):
+        scheduler.shutdown(timeout_s=_EXIT_TIMEOUT_S)
 
 
 def _runs_event_loop() -> bool:

@@ -202,7 +202,7 @@ def test_a_member_that_closes_its_stream_leaves_the_others_their_answers():
     assert not engine.busy
 
 
-def test_closing_the_only_request_of_a_batch_stops_it_at_the_next_chunk_batch():
+def test_closing_the_only_request_of_a_batch_stops_it_at_the_next_forward_pass():
     engine = tiny_engine("llama", **SETTINGS)
     pause = ModelPause(engine.model)
     stream = engine.stream(DOCS, "Which?", max_new_tokens=20)
@@ -215,8 +215,9 @@ def test_closing_the_only_request_of_a_batch_stops_it_at_the_next_chunk_batch():
     closer.join(60)
     assert not closer.is_alive()
     assert not engine.busy
-    # after the held chunk prefill only its question pass ran: no second chunk batch, no decoding
-    assert len(shapes) == 1 and chunk_prefills(shapes) == 0 and decoding_rows(shapes) == []
+    # after the held chunk prefill nothing ran: no question pass, no second chunk batch, no
+    # decoding
+    assert shapes == []
     assert len(engine.generate(DOCS, "Which?", max_new_tokens=5).token_ids) == 5
 
 

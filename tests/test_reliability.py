@@ -4,6 +4,7 @@ package's own errors, and the engine keeps working afterwards."""
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -170,3 +171,43 @@ def test_random_settings_build_a_working_engine_or_refuse(
         return
     answer = engine.generate(DOCS, "Which?", max_new_tokens=3)
     assert len(answer.token_ids) <= 3
+
+
+def test_the_process_exits_cleanly_with_a_request_in_flight(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_in_flight.py"
+    script.write_text(
+        "import time\n"
+        "from parallelcomp_llm.testing import text_of_tokens, tiny_engine\n"
+        "engine = tiny_engine('llama', max_context_tokens=100_000)\n"
+        "docs = [text_of_tokens(400, seed=i) for i in range(100)]\n"
+        "stream = engine.stream(docs, 'Q?', max_new_tokens=20)\n"
+        "while not engine.busy:\n"
+        "    time.sleep(0.01)\n"
+        "time.sleep(0.3)\n"
+        "print('leaving', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "leaving\n", "")
+
+
+def test_close_cancels_every_request_and_the_engine_goes_on():
+    engine = tiny_engine("llama", **SETTINGS)
+    pause = ModelPause(engine.model)
+    running = engine.stream(DOCS, "Q1?", max_new_tokens=4)
+    pause.wait_until_reached()
+    waiting = engine.stream(DOCS[:2], "Q2?", max_new_tokens=4)
+    closing = threading.Thread(target=engine.close, kwargs={"timeout_s": 60})
+    closing.start()
+    deadline = time.monotonic() + 60
+    while not (running.cancelled and waiting.cancelled) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pause.release()
+    closing.join(60)
+    assert running.cancelled and waiting.cancelled and not closing.is_alive()
+    assert not engine.busy and engine.queue_depth == 0
+    assert engine.generate(DOCS, "Q3?", max_new_tokens=4).finish_reason in ("stop", "length")
