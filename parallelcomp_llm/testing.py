@@ -1,6 +1,6 @@
 """Test helpers: tiny random-initialised models and a byte-level tokenizer built in code, the
 runnable snippets of the READMEs, hooks that watch or hold the model's forward passes, and the
-pass-key haystack (Landmark / InfiniteBench recipe) that tests and benchmarks ask about.
+pass-key haystack of `parallelcomp_llm.haystack` with the answer's convention (`first_integer`).
 
 No download: the tokenizer maps every byte to a token (plus special tokens) and carries a
 ChatML-style chat template, and the models are 2-layer Llama, Qwen2 or Mistral networks.
@@ -23,6 +23,14 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+)
+
+from .haystack import (  # noqa: F401 - the tests' and benchmarks' names for them
+    PASSKEY_NEEDLE,
+    PASSKEY_NOISE,
+    PASSKEY_QUESTION,
+    PASSKEY_TASK,
+    passkey_haystack,
 )
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
@@ -160,34 +168,6 @@ UNREACHABLE_PYPI = {
 }
 """Environment under which pip sees a package index that refuses connections, and gives up at
 once (for tests of download errors)."""
-
-PASSKEY_TASK = (
-    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-    "I will quiz you about the important info there.\n\n"
-)
-PASSKEY_NOISE = (
-    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-)
-PASSKEY_NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
-PASSKEY_QUESTION = "What is the pass key? Answer with the number only."
-
-
-def passkey_haystack(
-    tokens: int, depth: float, key: int, count_tokens: Callable[[str], int]
-) -> str:
-    """A haystack of about `tokens` tokens (as `count_tokens` counts them) with the pass key `key`
-    at `depth` (0 to 1)."""
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError("depth must be in [0, 1]")
-    fixed = count_tokens(PASSKEY_TASK) + count_tokens(PASSKEY_NEEDLE.format(key=key))
-    repeats = max(1, (tokens - fixed) * 100 // count_tokens(PASSKEY_NOISE * 100))
-    before = round(repeats * depth)
-    return (
-        PASSKEY_TASK
-        + PASSKEY_NOISE * before
-        + PASSKEY_NEEDLE.format(key=key)
-        + PASSKEY_NOISE * (repeats - before)
-    )
 
 
 def first_integer(text: str) -> int | None:

@@ -22,10 +22,10 @@ import time
 import torch
 import transformers
 
+from parallelcomp_llm.haystack import random_key
 from parallelcomp_llm.testing import PASSKEY_QUESTION, first_integer, passkey_haystack
 
 from . import RESULTS_DIR
-from .passkey import random_key
 from .records import git_revision, source_digest
 
 RESULTS = RESULTS_DIR / "passkey_cpu.jsonl"
