@@ -113,7 +113,7 @@ class ParallelCompConfig(CheckedModel):
     )
     dedupe_prefix: bool = Field(
         True,
-        description="Keep the prompt prefix (BOS, system prompt, user header) of the first chunk "
+        description="Keep the prompt prefix (BOS, system prompt, user header) of one kept chunk "
         "only, so that the merged KV has one attention sink.",
     )
     max_context_tokens: int = Field(

@@ -1,13 +1,16 @@
 """From encoded batches to the decode cache: keep each chunk's selected KV, merge the kept ones.
 
 After a batch's question pass, every row's KV is copied out of the batch: the template prefix
-(once, unless deduplication is off) and the chunk's context entries the KV selector picked. The
-kept chunks are then concatenated, prefix first, into one KV per layer; for calibration, each
-merged entry also carries its offset in its chunk and that chunk's length.
+and the chunk's context entries the KV selector picked. The kept chunks are then concatenated,
+prefix first, into one KV per layer; for calibration, each merged entry also carries its offset
+in its chunk and that chunk's length. The prefix comes before every chunk under causal
+attention, so its KV is the same in every row, and a deduplicated merge takes it from the first
+kept chunk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -18,14 +21,14 @@ from .prefill import EncodedBatch
 @dataclass
 class StoredChunk:
     """A chunk's KV after KV eviction, per layer (kv_heads, entries, head_dim), with the offsets of
-    the kept entries in the chunk (kv_heads, entries) and, when kept, the template prefix's KV."""
+    the kept entries in the chunk (kv_heads, entries), and the template prefix's KV."""
 
     length: int
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     offsets: list[torch.Tensor]
-    prefix_keys: list[torch.Tensor] | None
-    prefix_values: list[torch.Tensor] | None
+    prefix_keys: list[torch.Tensor]
+    prefix_values: list[torch.Tensor]
 
 
 @dataclass
@@ -55,14 +58,11 @@ def store_chunk(
     length: int,
     prefix: int,
     picks: list[torch.Tensor] | None,
-    keep_prefix: bool,
 ) -> StoredChunk:
-    """Copy row `row` of `batch` out: its prefix (if `keep_prefix`) and the context entries
-    `picks[layer]` (kv_heads, n) of each layer, or all of them when `picks` is None."""
+    """Copy row `row` of `batch` out: its prefix and the context entries `picks[layer]`
+    (kv_heads, n) of each layer, or all of them when `picks` is None."""
     context = slice(prefix, prefix + length)
-    stored = StoredChunk(
-        length, [], [], [], [] if keep_prefix else None, [] if keep_prefix else None
-    )
+    stored = StoredChunk(length, [], [], [], [], [])
     for layer, (batch_keys, batch_values) in enumerate(zip(batch.keys, batch.values)):
         layer_keys, layer_values = batch_keys[row], batch_values[row]
         if picks is not None:
@@ -74,29 +74,29 @@ def store_chunk(
             stored.keys.append(layer_keys[:, context].clone())
             stored.values.append(layer_values[:, context].clone())
         stored.offsets.append(picked)
-        if keep_prefix:
-            stored.prefix_keys.append(layer_keys[:, :prefix].clone())
-            stored.prefix_values.append(layer_values[:, :prefix].clone())
+        stored.prefix_keys.append(layer_keys[:, :prefix].clone())
+        stored.prefix_values.append(layer_values[:, :prefix].clone())
     return stored
 
 
 def merge_chunks(
-    stored: list[StoredChunk],
+    stored: Mapping[int, StoredChunk],
     kept: list[int],
     dedupe_prefix: bool,
     positions_in: range | None = None,
 ) -> MergedKV:
-    """Concatenate the kept chunks' KV in order; the first stored chunk's prefix leads when
-    `dedupe_prefix`, else each kept chunk brings its own. Entry positions are recorded for the
-    layers `positions_in`."""
+    """Concatenate the kept chunks' KV (`stored[index]` for each index of `kept`) in order; the
+    first kept chunk's prefix leads when `dedupe_prefix`, else each kept chunk brings its own.
+    Entry positions are recorded for the layers `positions_in`."""
     keys, values, offsets, lengths = [], [], {}, {}
-    for layer in range(len(stored[0].keys)):
+    first = stored[kept[0]]
+    for layer in range(len(first.keys)):
         track = positions_in is not None and layer in positions_in
         key_parts, value_parts, offset_parts, length_parts = [], [], [], []
         for position, index in enumerate(kept):
             piece = stored[index]
             if position == 0 or not dedupe_prefix:
-                owner = stored[0] if dedupe_prefix else piece
+                owner = first if dedupe_prefix else piece
                 key_parts.append(owner.prefix_keys[layer])
                 value_parts.append(owner.prefix_values[layer])
                 if track:

@@ -39,16 +39,32 @@ Events = Iterator[tuple[int, str | Answer]]
 """(row, text delta) as text becomes final, and (row, Answer) when the row has finished."""
 
 
+def most_relevant(relevance: list[float], keep: int) -> list[int]:
+    """The indices of the `keep` most relevant chunks, in context order (ties: the earlier)."""
+    order = sorted(range(len(relevance)), key=lambda index: relevance[index], reverse=True)
+    return sorted(order[:keep])
+
+
 @dataclass
 class Selection:
     """One question's reading of the context, batch after batch: each chunk's relevance (scored
-    whenever there is more than one chunk, for attribution) and its KV after KV eviction."""
+    whenever there is more than one chunk, for attribution) and, by chunk index, the KV after KV
+    eviction of the chunks it may still keep."""
 
     score: bool
     rank: bool
     evict: bool
     relevance: list[float] = field(default_factory=list)
-    stored: list[StoredChunk] = field(default_factory=list)
+    stored: dict[int, StoredChunk] = field(default_factory=dict)
+
+    def add(self, stored: dict[int, StoredChunk], keep: int) -> None:
+        """Take a batch's stored chunks; when chunks are ranked, hold on only to the `keep` most
+        relevant so far (the chunks kept at the end are among them), so that memory holds at
+        most `keep` chunks and one batch per question."""
+        self.stored |= stored
+        if self.rank:
+            best = set(most_relevant(self.relevance, keep))
+            self.stored = {index: chunk for index, chunk in self.stored.items() if index in best}
 
     @classmethod
     def under(cls, split: BudgetSplit, encoding: Encoding) -> Selection:
@@ -138,7 +154,8 @@ class Pipeline:
                     evidence = self.question_pass(batch, encoding, request, selection)
                     if selection.score:
                         selection.relevance += self.score(evidence)
-                    selection.stored += self.select_kv(batch, encoding, evidence, split)
+                    stored = self.select_kv(batch, encoding, evidence, split)
+                    selection.add(stored, split.keep_chunks)
                     del evidence  # its logits: one question's at a time
                 del batch
             rows = []
@@ -203,12 +220,12 @@ class Pipeline:
         encoding: Encoding,
         evidence: QuestionEvidence | None,
         split: BudgetSplit,
-    ) -> list[StoredChunk]:
-        """Every chunk of `batch` copied out with the KV entries the selector keeps within the
-        budget (all entries of a chunk within it)."""
+    ) -> dict[int, StoredChunk]:
+        """Every chunk of `batch`, by index, copied out with the KV entries the selector keeps
+        within the budget (all entries of a chunk within it) and its prefix."""
         selector, budget = self.stages.selector, split.entries_per_chunk
         window, prefix = selector.observation_window, len(encoding.prefix_ids)
-        stored = []
+        stored = {}
         with self.tracer.span("kv_selection"):
             for row, index in enumerate(batch.chunk_indices):
                 length = len(encoding.chunks[index])
@@ -228,8 +245,7 @@ class Pipeline:
                         )
                         for layer in range(len(batch.keys))
                     ]
-                keep_prefix = index == 0 or not self.dedupe_prefix
-                stored.append(store_chunk(batch, row, length, prefix, picks, keep_prefix))
+                stored[index] = store_chunk(batch, row, length, prefix, picks)
         return stored
 
     def _picked(self, entries: ChunkEntries, budget: int) -> torch.Tensor:
@@ -250,10 +266,7 @@ class Pipeline:
         chunks, scorer = encoding.chunks, self.stages.scorer
         with self.tracer.span("chunk_eviction"):
             if selection.rank:
-                order = sorted(
-                    range(len(chunks)), key=lambda i: selection.relevance[i], reverse=True
-                )
-                kept = sorted(order[: split.keep_chunks])
+                kept = most_relevant(selection.relevance, split.keep_chunks)
             else:
                 kept = list(range(len(chunks)))
         if selection.score:
@@ -281,7 +294,7 @@ class Pipeline:
                 self.dedupe_prefix,
                 calibrator.layer_range if calibrator else None,
             )
-        selection.stored = []
+        selection.stored = {}
         recorder.merged(merged.entries, len(request.question_ids))
         start = len(encoding.prefix_ids) + max(len(encoding.chunks[i]) for i in kept)
         return FinalRow(merged, request.question_ids, start)
