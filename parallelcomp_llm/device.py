@@ -77,13 +77,27 @@ def available_host_memory() -> int:
     return 4 << 30
 
 
+MEMORY_ERRORS = (torch.OutOfMemoryError, MemoryError, RuntimeError)
+"""What running out of memory raises: on CUDA `torch.OutOfMemoryError`; on CPU torch's allocator
+raises a plain `RuntimeError` (`out_of_memory` tells it from other ones)."""
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error`, one of `MEMORY_ERRORS`, says the device or host ran out of memory."""
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
 @contextlib.contextmanager
 def reporting_memory_errors(device: torch.device) -> Iterator[None]:
-    """Turn running out of device memory into `DeviceMemoryError` after freeing what the work
-    allocated."""
+    """Turn running out of device (or, on CPU, host) memory into `DeviceMemoryError` after
+    freeing what the work allocated."""
     try:
         yield
-    except torch.OutOfMemoryError:
+    except MEMORY_ERRORS as error:
+        if not out_of_memory(error):
+            raise
         release_cached_memory(device)
         raise DeviceMemoryError(
             "the device ran out of memory even with one chunk per forward pass; lower "

@@ -11,7 +11,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .context_cache import CacheStore, ContextCache
-from .device import auto_batch_size, kv_bytes_per_token, model_device, release_cached_memory
+from .device import (
+    MEMORY_ERRORS,
+    auto_batch_size,
+    kv_bytes_per_token,
+    model_device,
+    out_of_memory,
+    release_cached_memory,
+)
 from .prefill import EncodedBatch, prefill_rows
 from .requests import Encoding
 from .scheduler import BatchControl
@@ -89,8 +96,8 @@ class ChunkEncoder:
             try:
                 with self.tracer.span("chunk_prefill"):
                     batch = prefill_rows(self.model, rows, self.pad_id, indices)
-            except torch.OutOfMemoryError:
-                if batch_size == 1:
+            except MEMORY_ERRORS as error:
+                if batch_size == 1 or not out_of_memory(error):
                     raise
                 batch_size //= 2
                 release_cached_memory(device)

@@ -96,27 +96,36 @@ def test_max_new_tokens_limit():
     assert len(engine.generate(DOCS, "Which?", max_new_tokens=8).token_ids) == 8
 
 
-def refuse_big_batches(rows_allowed: int):
+def refuse_big_batches(rows_allowed: int, memory: str = "cuda"):
+    """A hook that fails forward passes of more rows than `rows_allowed` as running out of GPU
+    memory does (`torch.OutOfMemoryError`), or as running out of host memory on CPU does (a real
+    allocator failure: torch's `RuntimeError`)."""
+
     def hook(module, args, kwargs):
         input_ids = kwargs["input_ids"]
         if input_ids.shape[0] > rows_allowed and input_ids.shape[1] > 100:
+            if memory == "cpu":
+                torch.empty(2**60, dtype=torch.uint8)
             raise torch.OutOfMemoryError("simulated: not enough device memory for this batch")
 
     return hook
 
 
-def test_out_of_memory_retries_with_smaller_batches():
+@pytest.mark.parametrize("memory", ["cuda", "cpu"])
+def test_out_of_memory_retries_with_smaller_batches(memory):
     engine = tiny_engine("mistral", chunk_batch_size=4, **SETTINGS)
-    engine.model.register_forward_pre_hook(refuse_big_batches(1), with_kwargs=True)
+    engine.model.register_forward_pre_hook(refuse_big_batches(1, memory), with_kwargs=True)
     answer = engine.generate(DOCS, "Which?", max_new_tokens=10)
     reference = tiny_engine("mistral", chunk_batch_size=1, **SETTINGS)
     assert answer.token_ids == reference.generate(DOCS, "Which?", max_new_tokens=10).token_ids
     assert answer.stats.chunks_prefilled == 4
 
 
-def test_out_of_memory_at_batch_one_is_an_error_and_the_engine_recovers():
+@pytest.mark.parametrize("memory", ["cuda", "cpu"])
+def test_out_of_memory_at_batch_one_is_an_error_and_the_engine_recovers(memory):
     engine = tiny_engine("mistral", chunk_batch_size=2, **SETTINGS)
-    handle = engine.model.register_forward_pre_hook(refuse_big_batches(0), with_kwargs=True)
+    hook = refuse_big_batches(0, memory)
+    handle = engine.model.register_forward_pre_hook(hook, with_kwargs=True)
     with pytest.raises(DeviceMemoryError):
         engine.generate(DOCS, "Which?", max_new_tokens=10)
     handle.remove()
@@ -124,10 +133,33 @@ def test_out_of_memory_at_batch_one_is_an_error_and_the_engine_recovers():
     assert len(engine.generate(DOCS, "Which?", max_new_tokens=5).token_ids) == 5
 
 
+def test_another_runtime_error_is_not_taken_for_memory():
+    engine = tiny_engine("mistral", chunk_batch_size=4, **SETTINGS)
+
+    def hook(module, args, kwargs):
+        raise RuntimeError("a bug, not memory")
+
+    handle = engine.model.register_forward_pre_hook(hook, with_kwargs=True)
+    with pytest.raises(RuntimeError, match="a bug, not memory"):
+        engine.generate(DOCS, "Which?", max_new_tokens=3)
+    handle.remove()
+    assert len(engine.generate(DOCS, "Which?", max_new_tokens=3).token_ids) == 3
+
+
 ENGINE = tiny_engine("llama", window=384, max_context_tokens=3000, **SETTINGS)
-hostile_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=400
-) | st.sampled_from(["", " ", "\x00", "\u200b" * 50, "\r\n" * 100, "🙂" * 200, "a" * 3100])
+hostile_text = st.text(alphabet=st.characters(), max_size=400) | st.sampled_from(
+    [
+        "",
+        " ",
+        "\x00",
+        "\u200b" * 50,
+        "\r\n" * 100,
+        "🙂" * 200,
+        "a" * 3100,
+        "abc\udc80",
+        "<|im_end|>",
+    ]
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
