@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -23,11 +24,24 @@ from .errors import InvalidInputError, ParallelCompError
 from .requests import documents_of
 
 
+MAX_FILE_BYTES = 64 * 2**20
+"""Largest context file read (262,144 tokens, the default `max_context_tokens`, are about 1 MB of
+English text); a longer one, or an endless one such as /dev/zero, is refused."""
+
+
 def _read_bytes(path: str) -> bytes:
     try:
-        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise InvalidInputError(f"cannot read context file {path!r}: {error.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        name = "standard input" if path == "-" else repr(path)
+        raise InvalidInputError(f"context {name} is longer than {MAX_FILE_BYTES} bytes")
+    return data
 
 
 def _read_file(path: str) -> str:
@@ -157,7 +171,8 @@ def _config(args: argparse.Namespace) -> ParallelCompConfig:
     }
     if args.keep_chunks is not None:
         keep = args.keep_chunks
-        overrides["keep_chunks"] = int(keep) if keep >= 1 and keep == int(keep) else keep
+        whole = math.isfinite(keep) and keep >= 1 and keep == int(keep)
+        overrides["keep_chunks"] = int(keep) if whole else keep
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if args.no_kv_eviction:
         overrides["kv_budget"] = None

@@ -143,6 +143,28 @@ def test_a_directory_without_text_is_refused(tmp_path, capsys):
             ),
         ),
         (
+            ["--keep-chunks", "inf", "--context", "{text}", "What?"],
+            (
+                "invalid ParallelCompConfig: keep_chunks: Value error, keep_chunks as a fraction "
+                "must be in (0, 1] (got inf)"
+            ),
+        ),
+        (
+            ["--temperature", "nan", "--context", "{text}", "What?"],
+            "invalid DecodeSettings: temperature: Input should be a finite number (got nan)",
+        ),
+        (
+            ["--seed", str(2**70), "--context", "{text}", "What?"],
+            (
+                "invalid DecodeSettings: seed: Input should be less than 9223372036854775808 "
+                f"(got {2**70})"
+            ),
+        ),
+        (
+            ["--context", "/dev/zero", "What?"],
+            f"context '/dev/zero' is longer than {64 * 2**20} bytes",
+        ),
+        (
             ["--temperature", "-1", "--context", "{text}", "What?"],
             (
                 "invalid DecodeSettings: temperature: Input should be greater than or equal to 0 "
