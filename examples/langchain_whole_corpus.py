@@ -117,7 +117,7 @@ def main() -> None:
 
     whole = create_long_context_chain(llm)
     print("Whole corpus (create_long_context_chain):")
-    print(" ", whole.invoke({"documents": documents, "question": question}).strip(), "\n")
+    print(" ", whole.invoke({"documents": documents, "input": question})["answer"].strip(), "\n")
 
     paragraphs = [
         Document(page_content=part, metadata=d.metadata)

@@ -12,7 +12,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 
 from parallelcomp_llm import Answer, InvalidInputError
 
-from .messages import chat_turns, question_of
+from .context import identified
+from .messages import chat_turns
 from .metadata import answer_metadata, usage_metadata
 from .settings import OpenStream, ParallelCompSettings
 from .streams import aanswer_events, answer_events
@@ -21,11 +22,20 @@ from .streams import aanswer_events, answer_events
 class ChatParallelComp(ParallelCompSettings, BaseChatModel):
     """Chat with an open-weight model, over contexts far beyond its trained window.
 
-    Without `context`, the messages go through the model's chat template as with any local chat
-    model (they must fit the trained window). With `context=` (a text, or a list of texts or
-    `Document`s, e.g. through `chat.bind(context=docs)`), the messages' text is the question and
-    the engine answers it over the whole context with ParallelComp, document boundaries kept as
-    chunk boundaries. `profile["max_input_tokens"]` is the engine's extrapolated window.
+    The whole conversation goes to the engine's `stream_chat`, system messages included. A chat
+    that fits the trained window is answered through the model's chat template, as by any local
+    chat model; a longer one, and any chat with `context=` (a text, or a list of texts or
+    `Document`s, e.g. through `chat.bind(context=docs)`), is answered with ParallelComp: the engine
+    cuts the chat into a system prompt (short leading system messages), context (the given
+    documents, then the earlier turns and long system messages) and a question (the tail of the
+    last message), by the rule of `parallelcomp_llm.long_prompt`. Document boundaries are chunk
+    boundaries, and a `Document`'s title and source are shown in front of its text.
+
+    `profile["max_input_tokens"]` and `context_window` are what the engine accepts
+    (`max_context_tokens`); `native_window` is the trained window. A longer input raises
+    `ParallelCompContextOverflowError` (the engine's `ContextTooLongError` and LangChain's
+    `ContextOverflowError`). The context is identified by its digest in invocation params and the
+    LLM cache key, never inlined.
 
     Example:
         ```python
@@ -44,7 +54,7 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
         return ModelProfile(
             name=self.model_name,
             open_weights=True,
-            max_input_tokens=self.engine.context_window,
+            max_input_tokens=self.context_window,
             text_inputs=True,
             image_inputs=False,
             audio_inputs=False,
@@ -63,15 +73,21 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
             raise InvalidInputError("ChatParallelComp does not support tools")
         return len(self.engine.prompts.chat_prompt_ids(chat_turns(messages)))
 
+    def _get_invocation_params(
+        self, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        return super()._get_invocation_params(stop=stop, **identified(kwargs))
+
+    def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
+        """The LLM cache key: the invocation params, the context by its digest."""
+        return str(sorted(self._get_invocation_params(stop=stop, **kwargs).items()))
+
     def _open(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> OpenStream:
         context, decoding = self._call_settings(stop, kwargs)
-        if context is None:
-            turns = chat_turns(messages)
-            return lambda: self.engine.stream_chat(turns, decoding)
-        question = question_of(messages)
-        return lambda: self.engine.stream(context, question, decoding)
+        turns = chat_turns(messages)
+        return lambda: self.engine.stream_chat(turns, decoding, context=context)
 
     def _result(self, answer: Answer) -> ChatResult:
         message = AIMessage(

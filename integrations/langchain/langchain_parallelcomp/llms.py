@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseLLM
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+    Callbacks,
+)
+from langchain_core.language_models import BaseLLM, LanguageModelInput
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.runnables import RunnableConfig
+from pydantic import PrivateAttr
 
-from parallelcomp_llm import Answer
+from parallelcomp_llm import Answer, DecodeSettings
 
+from .context import ContextInput, identified
+from .errors import langchain_errors
 from .metadata import answer_metadata, input_tokens
 from .settings import OpenStream, ParallelCompSettings
 from .streams import aanswer_events, answer_events
@@ -20,10 +28,18 @@ from .streams import aanswer_events, answer_events
 class ParallelCompLLM(ParallelCompSettings, BaseLLM):
     """Text completion with an open-weight model, over contexts far beyond its trained window.
 
-    Without `context`, the prompt is continued as by any local LLM (no chat template; the prompt
-    must fit the trained window). With `context=` (a text, or a list of texts or `Document`s,
-    e.g. through `llm.bind(context=docs)`), the prompt is the question and the engine answers it
-    over the whole context with ParallelComp, document boundaries kept as chunk boundaries.
+    Without `context`, the prompt goes to the engine's `stream_complete`: continued as by any local
+    LLM (no chat template) when it fits the trained window, else answered with ParallelComp, cut
+    into context and question by the rule of `parallelcomp_llm.long_prompt`. With `context=` (a
+    text, or a list of texts or `Document`s, e.g. through `llm.bind(context=docs)`), the prompt is
+    the question and the engine answers it over the whole context with ParallelComp, document
+    boundaries kept as chunk boundaries and a `Document`'s title and source shown in front of its
+    text. Several prompts over one context run as one engine batch.
+
+    `context_window` is what the engine accepts (`max_context_tokens`); `native_window` is the
+    trained window. A longer input raises `ParallelCompContextOverflowError` (the engine's
+    `ContextTooLongError` and LangChain's `ContextOverflowError`). The context is identified by its
+    digest in invocation params and the LLM cache key, never inlined.
 
     Example:
         ```python
@@ -34,9 +50,78 @@ class ParallelCompLLM(ParallelCompSettings, BaseLLM):
         ```
     """
 
+    _context: ContextInput | None = PrivateAttr(None)
+    """The context of the one call this copy runs (see `_holding`)."""
+
     @property
     def _llm_type(self) -> str:
         return "parallelcomp"
+
+    @property
+    def _identifying_params(self) -> Mapping[str, Any]:
+        params = super()._identifying_params
+        return params if self._context is None else identified({**params, "context": self._context})
+
+    def _holding(self, kwargs: dict[str, Any]) -> tuple[ParallelCompLLM, dict[str, Any]]:
+        """This model for one call, and the call's other keywords: LangChain's `BaseLLM` keys its
+        cache on the model's identifying params alone (langchain-ai/langchain#40403) and puts a
+        stream's keywords in its invocation params as given, so a call's `context` runs on a copy
+        that holds it and is identified by its digest."""
+        if kwargs.get("context") is None:
+            return self, kwargs
+        model = self.model_copy()
+        model._context = kwargs["context"]
+        return model, {name: value for name, value in kwargs.items() if name != "context"}
+
+    def generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        model, kwargs = self._holding(kwargs)
+        return BaseLLM.generate(model, prompts, stop, callbacks, **kwargs)
+
+    async def agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        model, kwargs = self._holding(kwargs)
+        return await BaseLLM.agenerate(model, prompts, stop, callbacks, **kwargs)
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[str]:
+        model, kwargs = self._holding(kwargs)
+        yield from BaseLLM.stream(model, input, config, stop=stop, **kwargs)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[str]:
+        model, kwargs = self._holding(kwargs)
+        async for chunk in BaseLLM.astream(model, input, config, stop=stop, **kwargs):
+            yield chunk
+
+    def _call_settings(
+        self, stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> tuple[Any, DecodeSettings]:
+        if self._context is None:
+            return super()._call_settings(stop, kwargs)
+        return super()._call_settings(stop, {**kwargs, "context": self._context})
 
     def _open(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> OpenStream:
         context, decoding = self._call_settings(stop, kwargs)
@@ -87,7 +172,8 @@ class ParallelCompLLM(ParallelCompSettings, BaseLLM):
     ) -> LLMResult:
         batch = self._one_batch(prompts, stop, kwargs)
         if batch is not None:
-            return self._result(batch())
+            with langchain_errors():
+                return self._result(batch())
         answers = []
         for prompt in prompts:
             for event in answer_events(self._open(prompt, stop, kwargs)):
@@ -106,7 +192,8 @@ class ParallelCompLLM(ParallelCompSettings, BaseLLM):
     ) -> LLMResult:
         batch = self._one_batch(prompts, stop, kwargs)
         if batch is not None:
-            return self._result(await asyncio.to_thread(batch))
+            with langchain_errors():
+                return self._result(await asyncio.to_thread(batch))
         answers = []
         for prompt in prompts:
             async for event in aanswer_events(self._open(prompt, stop, kwargs)):

@@ -26,8 +26,3 @@ def chat_turns(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
         }
         for message in messages
     ]
-
-
-def question_of(messages: Sequence[BaseMessage]) -> str:
-    """The question asked over a separate context: the messages' texts, blank-line separated."""
-    return "\n\n".join(str(message.text) for message in messages)

@@ -1,4 +1,5 @@
-"""What LangChain reports about an `Answer`: finish reason, model, token usage, kept documents."""
+"""What LangChain reports about an `Answer`: finish reason, model, token usage, kept documents
+with their relevance."""
 
 from __future__ import annotations
 
@@ -25,8 +26,20 @@ def usage_metadata(answer: Answer) -> UsageMetadata:
     return UsageMetadata(input_tokens=supplied, output_tokens=new, total_tokens=supplied + new)
 
 
+def kept_document_relevance(answer: Answer) -> list[float]:
+    """The relevance of each of `answer.stats.kept_documents`, in that order: the relevance of the
+    document's most relevant kept chunk (`ChunkInfo.relevance`, 0 to 1, higher is more relevant)."""
+    best: dict[int, float] = {}
+    for chunk in answer.stats.chunks:
+        if chunk.kept:
+            for document in chunk.documents:
+                best[document] = max(best.get(document, 0.0), chunk.relevance)
+    return [best[document] for document in answer.stats.kept_documents]
+
+
 def answer_metadata(answer: Answer, model_name: str) -> dict[str, Any]:
-    """Response metadata / generation info of one answer."""
+    """Response metadata / generation info of one answer. `kept_documents` are indices into the
+    engine's documents: the caller's context first, then any the engine cut from the prompt."""
     stats = answer.stats
     return {
         "model_name": model_name,
@@ -36,4 +49,5 @@ def answer_metadata(answer: Answer, model_name: str) -> dict[str, Any]:
         "chunks_total": stats.chunks_total,
         "chunks_kept": stats.chunks_kept,
         "kept_documents": stats.kept_documents,
+        "kept_document_relevance": kept_document_relevance(answer),
     }

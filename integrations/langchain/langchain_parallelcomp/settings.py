@@ -94,6 +94,17 @@ class ParallelCompSettings(BaseModel):
         return Path(loaded.name_or_path).name or loaded.config.model_type
 
     @property
+    def context_window(self) -> int:
+        """Most tokens a call may bring, as context or as a long prompt (the engine's
+        `context_window`, `max_context_tokens`); what `profile["max_input_tokens"]` declares."""
+        return self.engine.context_window
+
+    @property
+    def native_window(self) -> int:
+        """The model's trained window, in tokens: longer prompts are answered with ParallelComp."""
+        return self.engine.native_window
+
+    @property
     def _default_params(self) -> dict[str, Any]:
         """Decoding settings sent with every call (None: the engine's default)."""
         return {

@@ -2,7 +2,8 @@
 
 `answer_events` reads a request's events in the caller's thread; `aanswer_events` reads them
 through the engine stream's async iteration, so the event loop keeps running while the model
-works. Leaving either early cancels the request.
+works. Leaving either early cancels the request. Errors of the engine's checks raise when the
+request is opened, as LangChain's where it has one (`errors`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from parallelcomp_llm import Answer
 
+from .errors import langchain_errors
 from .settings import OpenStream
 
 Event = str | Answer
@@ -19,7 +21,8 @@ Event = str | Answer
 
 def answer_events(open_stream: OpenStream) -> Iterator[Event]:
     """The request's text deltas, then its `Answer` (none when the request was cancelled)."""
-    stream = open_stream()
+    with langchain_errors():
+        stream = open_stream()
     try:
         yield from stream
     finally:
@@ -31,7 +34,8 @@ def answer_events(open_stream: OpenStream) -> Iterator[Event]:
 async def aanswer_events(open_stream: OpenStream) -> AsyncIterator[Event]:
     """`answer_events` for async callers: the request is opened (its input checked and
     tokenized) in a worker thread, and its deltas are read with `async for`."""
-    stream = await asyncio.to_thread(open_stream)
+    with langchain_errors():
+        stream = await asyncio.to_thread(open_stream)
     try:
         async for delta in stream:
             yield delta

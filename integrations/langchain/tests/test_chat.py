@@ -1,4 +1,5 @@
-"""`ChatParallelComp` without context: the model's chat template, equal to the engine's own `chat`."""
+"""`ChatParallelComp`: the whole conversation goes to the engine's own `chat`, through the chat
+template within the trained window, with ParallelComp beyond it or over a `context`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_parallelcomp import ChatParallelComp
 
 from parallelcomp_llm import InvalidInputError
+from parallelcomp_llm.testing import text_of_tokens
 
 MESSAGES = [
     SystemMessage("You are terse."),
@@ -87,9 +89,28 @@ def test_stop_sequences_cut_the_output(engine):
     )
 
 
-def test_profile_declares_the_extrapolated_window(engine):
+def test_a_chat_beyond_the_trained_window_is_answered_with_parallelcomp(chat, engine):
+    text = text_of_tokens(900) + "\n\nName one."
+    long = [SystemMessage("You are terse."), HumanMessage(text)]
+    turns = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": text}]
+    answer = engine.chat(turns, max_new_tokens=12)
+    assert answer.stats.chunks_total >= 2
+    message = chat.invoke(long)
+    assert message.content == answer.text
+    assert message.response_metadata["chunks_total"] == answer.stats.chunks_total
+    assert "".join(c.content for c in chat.stream(long)) == answer.text
+
+
+def test_with_context_the_whole_conversation_reaches_the_engine(chat, engine, documents):
+    answer = engine.chat(TURNS, context=documents, max_new_tokens=12)
+    assert chat.invoke(MESSAGES, context=documents).content == answer.text
+    assert chat.bind(context=documents).batch([MESSAGES])[0].content == answer.text
+
+
+def test_profile_declares_the_window_the_engine_accepts(engine):
     chat = ChatParallelComp(engine=engine)
-    assert chat.profile["max_input_tokens"] == engine.context_window
+    assert chat.profile["max_input_tokens"] == chat.context_window == engine.context_window
+    assert chat.native_window == engine.native_window == 512
     assert engine.context_window > engine.native_window
     assert chat.profile["tool_calling"] is False
 
@@ -100,8 +121,8 @@ def test_token_counting_uses_the_model_tokenizer(chat, engine):
 
 
 def test_bad_input_raises_the_engine_errors(chat):
-    with pytest.raises(InvalidInputError, match="trained window"):
-        chat.invoke("x" * 600)
+    with pytest.raises(InvalidInputError, match="last message is empty"):
+        chat.invoke([HumanMessage("Hi"), AIMessage("")])
     with pytest.raises(InvalidInputError, match="unexpected keyword"):
         chat.invoke("hi", tools=[])
     with pytest.raises(ValueError, match="either `engine` or `model`"):

@@ -1,10 +1,15 @@
-"""Long context as structured context: `context=` through `bind`; `create_long_context_chain`."""
+"""Long context as structured context: `context=` through `bind` or per call; `Document` titles and
+sources shown to the model; the context identified by digest in LangChain's invocation params and
+LLM cache keys."""
 
 from __future__ import annotations
 
 import pytest
+from langchain_core.caches import InMemoryCache
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
-from langchain_parallelcomp import ChatParallelComp, ParallelCompLLM, create_long_context_chain
+from langchain_core.exceptions import ContextOverflowError
+from langchain_parallelcomp import ChatParallelComp, ParallelCompLLM
 
 from parallelcomp_llm import ContextTooLongError, InvalidInputError
 from parallelcomp_llm.testing import count_prefills, text_of_tokens, tiny_engine
@@ -43,26 +48,28 @@ def test_document_boundaries_are_chunk_boundaries(engine, recorder):
     llm = ParallelCompLLM(engine=engine, max_tokens=16)
     answer = engine.generate(documents, QUESTION, max_new_tokens=16)
     assert [c.documents for c in answer.stats.chunks] == [(0,), (1,), (2,)]
-    chain = create_long_context_chain(llm)
-    text = chain.invoke({"documents": documents, "question": QUESTION}, {"callbacks": [recorder]})
+    text = llm.bind(context=documents).invoke(QUESTION, {"callbacks": [recorder]})
     assert text == answer.text
     info = recorder.results[0].generations[0][0].generation_info
     assert info["chunks_total"] == 3
-    assert info["kept_documents"] == answer.stats.kept_documents
+    assert info["kept_documents"] == answer.stats.kept_documents == [0, 1, 2]
+    assert info["kept_document_relevance"] == [c.relevance for c in answer.stats.chunks]
 
 
-async def test_chain_runs_every_way(model, engine, documents):
-    chain = create_long_context_chain(model)
-    inputs = {"documents": [Document(page_content=d) for d in documents], "question": QUESTION}
-    expected = engine.generate(documents, QUESTION, max_new_tokens=16).text
-    assert chain.invoke(inputs) == expected
-    assert "".join(chain.stream(inputs)) == expected
-    assert await chain.ainvoke(inputs) == expected
-    assert "".join([s async for s in chain.astream(inputs)]) == expected
-    other = {"documents": documents[:1], "question": QUESTION}
-    expected_other = engine.generate(documents[:1], QUESTION, max_new_tokens=16).text
-    assert chain.batch([inputs, other]) == [expected, expected_other]
-    assert await chain.abatch([inputs, other]) == [expected, expected_other]
+def test_document_title_and_source_are_shown_before_the_text(model, engine, documents):
+    titled = [
+        Document(page_content=d, metadata={"title": f"Report {i}", "source": f"r{i}.txt", "p": 2})
+        for i, d in enumerate(documents)
+    ]
+    shown = [f"Title: Report {i}\nSource: r{i}.txt\n\n{d}" for i, d in enumerate(documents)]
+    expected = engine.generate(shown, QUESTION, max_new_tokens=16).text
+    assert text_of(model.invoke(QUESTION, context=titled)) == expected
+    assert text_of(model.bind(context=titled).batch([QUESTION])[0]) == expected
+    source_only = Document(page_content=documents[0], metadata={"source": "a.txt", "title": ""})
+    assert (
+        text_of(model.invoke(QUESTION, context=source_only))
+        == engine.generate(f"Source: a.txt\n\n{documents[0]}", QUESTION, max_new_tokens=16).text
+    )
 
 
 @pytest.mark.parametrize(
@@ -83,19 +90,6 @@ async def test_bad_context_raises_the_engine_errors(model, context, match):
         await model.ainvoke(QUESTION, context=context)
     with pytest.raises(InvalidInputError, match=match):
         list(model.stream(QUESTION, context=context))
-
-
-def test_bad_chain_input_and_too_long_context(documents):
-    llm = ParallelCompLLM(engine=tiny_engine("llama", max_context_tokens=500), max_tokens=8)
-    chain = create_long_context_chain(llm)
-    with pytest.raises(InvalidInputError, match="documents"):
-        chain.invoke({"question": QUESTION})
-    with pytest.raises(InvalidInputError, match="question is empty"):
-        chain.invoke({"documents": documents[:1], "question": " "})
-    with pytest.raises(ContextTooLongError):
-        chain.invoke({"documents": documents, "question": QUESTION})
-    with pytest.raises(TypeError):
-        create_long_context_chain("not a model")
 
 
 def test_usage_counts_the_whole_context(engine, documents):
@@ -124,13 +118,61 @@ def test_questions_over_one_bound_context_run_as_one_engine_batch(documents):
     assert len(prefills) == 1
 
 
-def test_the_same_documents_are_encoded_once_across_chain_calls(documents):
-    engine = tiny_engine("llama", keep_chunks=2)
+class Params(BaseCallbackHandler):
+    """Records the invocation params LangChain reports at the start of each model run."""
+
+    def __init__(self) -> None:
+        self.params: list[dict] = []
+
+    def on_llm_start(self, serialized, prompts, **kwargs) -> None:
+        self.params.append(kwargs["invocation_params"])
+
+    def on_chat_model_start(self, serialized, messages, **kwargs) -> None:
+        self.params.append(kwargs["invocation_params"])
+
+
+class KeyedCache(InMemoryCache):
+    """LangChain's in-memory LLM cache, recording the cache key of every answer it stores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[str] = []
+
+    def update(self, prompt: str, llm_string: str, return_val) -> None:
+        self.keys.append(llm_string)
+        super().update(prompt, llm_string, return_val)
+
+
+@pytest.mark.parametrize("model_class", [ParallelCompLLM, ChatParallelComp])
+async def test_a_context_over_the_limit_raises_and_is_traced_by_digest(model_class):
+    corpus = [text_of_tokens(10_000, seed) for seed in range(10)]  # 100,000 characters
+    model = model_class(engine=tiny_engine("llama", max_context_tokens=1000), max_tokens=8)
+    params = Params()
+    bound = model.bind(context=corpus).with_config(callbacks=[params])
+    for call in (bound.invoke, lambda q: list(bound.stream(q))):
+        with pytest.raises(
+            ContextTooLongError, match="more than max_context_tokens=1000"
+        ) as raised:
+            call(QUESTION)
+        assert isinstance(raised.value, ContextOverflowError)
+    with pytest.raises(ContextTooLongError):
+        await bound.ainvoke(QUESTION)
+    assert len(params.params) == 3
+    for recorded in params.params:
+        assert recorded["context"].startswith("sha256:")
+        assert len(str(recorded)) < 2_000
+
+
+@pytest.mark.parametrize("model_class", [ParallelCompLLM, ChatParallelComp])
+def test_the_llm_cache_keys_answers_by_their_context(model_class, engine, documents):
+    cache = KeyedCache()
+    model = model_class(engine=engine, max_tokens=8, cache=cache)
+    first = model.bind(context=documents[:2]).invoke(QUESTION)
+    second = model.bind(context=documents[1:]).invoke(QUESTION)
+    assert text_of(first) == engine.generate(documents[:2], QUESTION, max_new_tokens=8).text
+    assert text_of(second) == engine.generate(documents[1:], QUESTION, max_new_tokens=8).text
+    assert len(cache.keys) == 2 and cache.keys[0] != cache.keys[1]
+    assert all(len(key) < 2_000 for key in cache.keys)
     prefills = count_prefills(engine.model)
-    chain = create_long_context_chain(ParallelCompLLM(engine=engine, max_tokens=8))
-    first = chain.invoke({"documents": documents, "question": QUESTION})
-    encoded = len(prefills)
-    second = chain.invoke({"documents": list(documents), "question": "Anything else?"})
-    assert encoded >= 1 and len(prefills) == encoded
-    assert first == engine.generate(documents, QUESTION, max_new_tokens=8).text
-    assert second == engine.generate(documents, "Anything else?", max_new_tokens=8).text
+    assert text_of(model.invoke(QUESTION, context=list(documents[1:]))) == text_of(second)
+    assert len(cache.keys) == 2 and prefills == []  # answered from the cache

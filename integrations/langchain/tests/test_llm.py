@@ -1,4 +1,5 @@
-"""`ParallelCompLLM` without context: an ordinary LLM, equal to the engine's own `complete`."""
+"""`ParallelCompLLM` without context: an ordinary LLM, equal to the engine's own `complete` (within
+the trained window and beyond it)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 from langchain_parallelcomp import ParallelCompLLM
 
 from parallelcomp_llm import InvalidInputError
+from parallelcomp_llm.testing import text_of_tokens
 
 PROMPT = "The weather today is"
 OTHER = "Once upon a time"
@@ -101,13 +103,22 @@ def test_settings_are_pydantic_fields_and_reach_the_engine(engine):
         ParallelCompLLM(engine=engine, temperature=-1)
 
 
+def test_a_prompt_beyond_the_trained_window_is_answered_with_parallelcomp(llm, engine):
+    long = text_of_tokens(900) + "\n\nName one."
+    answer = expected(engine, long)
+    assert answer.stats.chunks_total >= 2
+    assert llm.invoke(long) == answer.text
+    info = llm.generate([long]).generations[0][0].generation_info
+    assert info["chunks_total"] == answer.stats.chunks_total
+    assert llm.context_window == engine.context_window
+    assert llm.native_window == engine.native_window == 512
+
+
 def test_bad_calls_raise_the_engine_errors(llm):
     with pytest.raises(InvalidInputError):
         llm.invoke("   ")
     with pytest.raises(InvalidInputError, match="unexpected keyword"):
         llm.invoke(PROMPT, max_length=3)
-    with pytest.raises(InvalidInputError, match="trained window"):
-        llm.invoke("x" * 600)
 
 
 async def test_leaving_a_stream_early_frees_the_engine(llm, engine):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from langchain_parallelcomp import ChatParallelComp
+from langchain_parallelcomp.context import document_text
 
 from parallelcomp_llm.testing import readme_snippet
 
@@ -20,10 +21,18 @@ def test_answer_snippet_runs_and_prints_the_engine_answer(engine, capsys, readme
     namespace = {"llm": ChatParallelComp(engine=engine, max_tokens=32)}
     snippet = compile(readme_snippet(readme, "answer"), str(readme), "exec")
     exec(snippet, namespace)  # noqa: S102 - running the README is the point
-    texts = [d.page_content for d in namespace["documents"]]
-    expected = engine.generate(texts, namespace["question"], max_new_tokens=32).text
-    assert namespace["answer"] == namespace["streamed"] == expected
-    assert capsys.readouterr().out == f"{expected}\n{expected}\n"
+    documents = namespace["documents"]
+    answer = engine.generate(
+        [document_text(d) for d in documents], namespace["question"], max_new_tokens=32
+    )
+    assert namespace["answer"] == namespace["streamed"] == answer.text
+    kept = namespace["result"]["context"]
+    assert sorted(d.page_content for d in kept) == sorted(
+        documents[i].page_content for i in answer.stats.kept_documents
+    )
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{answer.text}\n") and printed.endswith(f"\n{answer.text}\n")
+    assert printed.count("\n") == 2 * answer.text.count("\n") + 2 + len(kept)
 
 
 @pytest.mark.default_model
@@ -34,6 +43,6 @@ def test_readme_snippets_run_with_the_default_model(readme):
     snippet = compile(code, str(readme), "exec")
     exec(snippet, namespace)  # noqa: S102 - running the README is the point
     llm = namespace["llm"]
-    texts = [d.page_content for d in namespace["documents"]]
+    texts = [document_text(d) for d in namespace["documents"]]
     expected = llm.engine.generate(texts, namespace["question"], max_new_tokens=32).text
     assert namespace["answer"] == namespace["streamed"] == expected
