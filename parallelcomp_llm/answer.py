@@ -55,7 +55,17 @@ class AnswerStats:
     @property
     def kept_documents(self) -> list[int]:
         """Indices of the documents that have at least one kept chunk."""
-        return sorted({d for chunk in self.chunks if chunk.kept for d in chunk.documents})
+        return sorted(self.document_relevance)
+
+    @property
+    def document_relevance(self) -> dict[int, float]:
+        """Each kept document's relevance, by index: that of its most relevant kept chunk."""
+        best: dict[int, float] = {}
+        for chunk in self.chunks:
+            if chunk.kept:
+                for document in chunk.documents:
+                    best[document] = max(chunk.relevance, best.get(document, 0.0))
+        return best
 
 
 @dataclass

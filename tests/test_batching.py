@@ -338,6 +338,6 @@ def test_async_callers_cancelled_while_waiting_leave_the_line_at_once():
         # the model is still held: only cancelling can empty the line
         wait_for(lambda: engine.queue_depth == 0)
     pause.release()
-    assert llm.complete(QUESTIONS[3], context=DOCS).raw.stats.chunks_prefilled == 4
+    assert llm.complete(QUESTIONS[3], context=DOCS).raw["answer"].stats.chunks_prefilled == 4
     # the holder's context, then DOCS once, for the last call: the cancelled ones never ran
     assert chunk_prefills(shapes) == 1 + 2

@@ -27,13 +27,9 @@ def usage_metadata(answer: Answer) -> UsageMetadata:
 
 
 def kept_document_relevance(answer: Answer) -> list[float]:
-    """The relevance of each of `answer.stats.kept_documents`, in that order: the relevance of the
-    document's most relevant kept chunk (`ChunkInfo.relevance`, 0 to 1, higher is more relevant)."""
-    best: dict[int, float] = {}
-    for chunk in answer.stats.chunks:
-        if chunk.kept:
-            for document in chunk.documents:
-                best[document] = max(best.get(document, 0.0), chunk.relevance)
+    """The relevance of each of `answer.stats.kept_documents`, in that order (0 to 1, higher is
+    more relevant)."""
+    best = answer.stats.document_relevance
     return [best[document] for document in answer.stats.kept_documents]
 
 

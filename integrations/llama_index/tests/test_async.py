@@ -33,12 +33,12 @@ def test_async_variants_match_the_sync_ones(llm):
     complete, with_context, chat, streamed, streamed_chat = asyncio.run(run())
     assert complete.text == llm.complete(PROMPT).text
     assert (
-        with_context.raw.token_ids
-        == llm.complete("Which?", context=DOCUMENTS, max_tokens=8).raw.token_ids
+        with_context.raw["answer"].token_ids
+        == llm.complete("Which?", context=DOCUMENTS, max_tokens=8).raw["answer"].token_ids
     )
     assert chat.message.content == llm.chat(MESSAGES).message.content
     assert "".join(r.delta for r in streamed) == complete.text
-    assert streamed[-1].raw.token_ids == complete.raw.token_ids
+    assert streamed[-1].raw["answer"].token_ids == complete.raw["answer"].token_ids
     sync_chat = list(llm.stream_chat(MESSAGES, stop="a"))
     assert [r.delta for r in streamed_chat] == [r.delta for r in sync_chat]
     assert streamed_chat[-1].message.content == sync_chat[-1].message.content

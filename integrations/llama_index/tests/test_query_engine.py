@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import string
 
 import pytest
 from llama_index.core import SimpleKeywordTableIndex, SummaryIndex, VectorStoreIndex
-from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.response.schema import (
     AsyncStreamingResponse,
     Response,
@@ -15,6 +13,7 @@ from llama_index.core.base.response.schema import (
 )
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
 from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.prompts import PromptTemplate
 from llama_index.core.schema import Document, MetadataMode, TextNode
 from llama_index.llms.parallelcomp import LongContextQueryEngine, ParallelCompLLM
 
@@ -65,8 +64,8 @@ def test_nodes_packed_into_one_chunk_share_its_score(engine, nodes):
     answer = engine.generate([node.text for node in small], QUESTION)
     assert answer.stats.chunks_total == 1 and answer.stats.scorer is None
     assert [(s.node.node_id, s.score) for s in response.source_nodes] == [
-        ("node-0", None),
-        ("node-1", None),
+        ("node-0", 1.0),
+        ("node-1", 1.0),
     ]
 
 
@@ -78,21 +77,8 @@ def test_from_index_uses_all_of_a_summary_indexs_nodes(llm, engine, nodes):
     assert response.response == engine.generate([node.text for node in nodes], QUESTION).text
 
 
-class LetterCounts(BaseEmbedding):
-    """A small real embedding: how often each letter occurs (no model, no download)."""
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return [float(text.lower().count(letter)) + 1.0 for letter in string.ascii_lowercase]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._get_text_embedding(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_text_embedding(query)
-
-
-def test_from_index_uses_all_of_a_vector_store_indexs_nodes(llm, engine, nodes):
-    index = VectorStoreIndex(nodes, embed_model=LetterCounts())
+def test_from_index_uses_all_of_a_vector_store_indexs_nodes(llm, engine, nodes, letter_counts):
+    index = VectorStoreIndex(nodes, embed_model=letter_counts)
     assert len(index.as_retriever(similarity_top_k=2).retrieve(QUESTION)) == 2
     query_engine = LongContextQueryEngine.from_index(index, llm=llm)
     assert [node.node_id for node in query_engine.nodes] == [node.node_id for node in nodes]
@@ -165,7 +151,6 @@ def test_async_queries_match_the_sync_one(llm, nodes):
     "texts, question, error",
     [
         (["some text"], "", InvalidInputError),
-        ([], QUESTION, InvalidInputError),
         (["", "   "], QUESTION, InvalidInputError),
         (["x" * 3000, "y" * 2001], QUESTION, ContextTooLongError),
     ],
@@ -178,6 +163,21 @@ def test_bad_queries_raise_the_engines_errors(llm, texts, question, error, strea
         query_engine.query(question)
     with pytest.raises(error):
         asyncio.run(query_engine.aquery(question))
+
+
+def test_a_query_engine_without_nodes_is_refused(llm):
+    with pytest.raises(InvalidInputError, match="at least one node"):
+        LongContextQueryEngine(llm=llm, nodes=[])
+
+
+def test_its_prompt_is_the_synthesizers(llm, engine, nodes):
+    query_engine = LongContextQueryEngine(llm=llm, nodes=nodes)
+    assert list(query_engine.get_prompts()) == ["response_synthesizer:text_qa_template"]
+    query_engine.update_prompts(
+        {"response_synthesizer:text_qa_template": PromptTemplate("{context_str}\nQ: {query_str}")}
+    )
+    expected = engine.generate([node.text for node in nodes], "Q: " + QUESTION)
+    assert query_engine.query(QUESTION).response == expected.text
 
 
 def test_the_same_index_is_encoded_once_across_queries(nodes):

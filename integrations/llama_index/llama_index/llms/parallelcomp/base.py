@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import llama_index.core.instrumentation as instrument
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -16,16 +17,25 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
-    MessageRole,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.instrumentation.events.llm import LLMPredictEndEvent, LLMPredictStartEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.llm import (
+    astream_completion_response_to_tokens,
+    stream_completion_response_to_tokens,
+)
+from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.types import TokenAsyncGen, TokenGen
 from transformers import PreTrainedTokenizerBase
 
-from parallelcomp_llm import AnswerStream, DecodeSettings, InvalidInputError, ParallelCompEngine
+from parallelcomp_llm import AnswerStream, DecodeSettings, ParallelCompEngine
 
 from . import responses
+from .framing import CONTEXT_MARK, ContextCall, context_variable, cut_at_context
+
+dispatcher = instrument.get_dispatcher(__name__)
 
 DECODING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
 """The fields that are the engine's `DecodeSettings` of every call (validated by it)."""
@@ -36,17 +46,23 @@ RENAMES = {"max_tokens": "max_new_tokens"}
 class ParallelCompLLM(CustomLLM):
     """A LlamaIndex LLM that answers over far more text than the model's trained window.
 
-    `complete` and `chat` behave like any local LLM (`chat` applies the model's chat template).
-    Pass `context=` (a text or a list of documents) to either of them and the engine answers the
-    prompt, or the chat's single user message, over that context with ParallelComp: this is what
-    `LongContextQueryEngine` does with an index's nodes. `metadata.context_window` is the window
-    the engine accepts as context (`max_context_tokens`), not the model's trained window; a prompt
-    without `context=` must fit the trained window (`engine.native_window`).
+    `complete` and `chat` behave like any local LLM (`chat` applies the model's chat template);
+    a prompt or chat longer than the trained window is answered with ParallelComp, cut by the
+    engine into a system prompt, context and question. Pass `context=` (a text or a list of
+    documents) to either of them and the engine answers the prompt, or the chat, over that
+    context: this is what `ParallelCompSynthesizer` does with retrieved nodes. `predict` and
+    `stream` (and their async variants), which LlamaIndex's synthesizers and chat engines call
+    with the context as a template argument (`context_str`, `context_msg`), send that argument
+    as the context and the template's text around it as system prompt and question (`framing`).
+    `metadata.context_window` is what the engine accepts (`max_context_tokens`);
+    `native_window` is the model's trained window.
 
-    Per-call keyword arguments: `context`, `max_tokens` (or `max_new_tokens`), `temperature`,
-    `top_p`, `top_k`, `seed`, `stop`, `ignore_eos` (the engine's `DecodeSettings`); they override
-    the fields of the same names for one call.
-    Streams end with a response whose `raw` is the engine's `Answer`; so do plain responses.
+    Per-call keyword arguments: `context`; with it, `system_prompt` (every chunk's system turn;
+    the field of that name is LlamaIndex's, which `predict` puts in front of its templates);
+    `max_tokens` (or `max_new_tokens`), `temperature`, `top_p`, `top_k`, `seed`, `stop`,
+    `ignore_eos` (the engine's `DecodeSettings`, over the fields of the same names). Final
+    responses (for streams: the last one) have a `raw` dict with the token `usage` and the
+    engine's `answer` (`responses`).
 
     Args:
         engine: the engine to use; default: `ParallelCompEngine.default()` (SmolLM2-135M-Instruct).
@@ -89,6 +105,11 @@ class ParallelCompLLM(CustomLLM):
         return self._engine
 
     @property
+    def native_window(self) -> int:
+        """The model's trained window in tokens; a prompt over it takes ParallelComp's path."""
+        return self._engine.native_window
+
+    @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The model's tokenizer: `Settings.tokenizer = llm.tokenizer` makes LlamaIndex use it."""
         return self._engine.tokenizer
@@ -119,27 +140,35 @@ class ParallelCompLLM(CustomLLM):
         self, prompt: str, formatted: bool, kwargs: dict[str, Any]
     ) -> AnswerStream:
         context = kwargs.pop("context", None)
-        settings = self._settings(kwargs)
         if context is not None:
-            return self._engine.stream(context, prompt, settings)
+            system_prompt = kwargs.pop("system_prompt", None)
+            settings = self._settings(kwargs)
+            return self._engine.stream(context, prompt, settings, system_prompt=system_prompt)
+        settings = self._settings(kwargs)
         if not formatted:
             prompt = self.completion_to_prompt(prompt)
         return self._engine.stream_complete(prompt, settings)
 
     def _chat_stream(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> AnswerStream:
         context = kwargs.pop("context", None)
-        settings = self._settings(kwargs)
         turns = [
             {"role": message.role.value, "content": message.content or ""} for message in messages
         ]
-        if context is None:
-            return self._engine.stream_chat(turns, settings)
-        if len(turns) != 1 or turns[0]["role"] != MessageRole.USER.value:
-            raise InvalidInputError(
-                "with context=, the chat must be one user message (the question); "
-                f"got {[turn['role'] for turn in turns]}"
-            )
-        return self._engine.stream(context, turns[0]["content"], settings)
+        return self._engine.stream_chat(turns, self._settings(kwargs), context=context)
+
+    def context_call(self, prompt: BasePromptTemplate, **prompt_args: Any) -> ContextCall | None:
+        """`prompt` with `prompt_args` as a question over the context argument (`context_str` or
+        `context_msg`; a text or a list of documents), rendered as `predict` renders it; None
+        when the call has no context argument that the rendered prompt shows once."""
+        variable = context_variable(prompt_args)
+        if variable is None:
+            return None
+        marked = {**prompt_args, variable: CONTEXT_MARK}
+        if self.metadata.is_chat_model:
+            rendered = [message.content or "" for message in self._get_messages(prompt, **marked)]
+        else:
+            rendered = [self._get_prompt(prompt, **marked)]
+        return cut_at_context(rendered, prompt_args[variable])
 
     # -- sync -------------------------------------------------------------------------------
 
@@ -193,3 +222,57 @@ class ParallelCompLLM(CustomLLM):
     ) -> ChatResponseAsyncGen:
         stream = await asyncio.to_thread(self._chat_stream, messages, kwargs)
         return responses.astream_responses(stream, responses.chat)
+
+    # -- templates with a context: the context goes to the engine as such -------------------
+
+    @dispatcher.span
+    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        call = self.context_call(prompt, **prompt_args)
+        if call is None:
+            return super().predict(prompt, **prompt_args)
+        dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=prompt_args))
+        self._log_template_data(prompt, **prompt_args)
+        output = self._parse_output(self.complete(call.question, **call.options).text)
+        dispatcher.event(LLMPredictEndEvent(output=output))
+        return output
+
+    @dispatcher.span
+    def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
+        call = self.context_call(prompt, **prompt_args)
+        if call is None:
+            return super().stream(prompt, **prompt_args)
+        _refuse_output_parsers(self, prompt)
+        self._log_template_data(prompt, **prompt_args)
+        dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=prompt_args))
+        return stream_completion_response_to_tokens(
+            self.stream_complete(call.question, **call.options)
+        )
+
+    @dispatcher.span
+    async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        call = self.context_call(prompt, **prompt_args)
+        if call is None:
+            return await super().apredict(prompt, **prompt_args)
+        dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=prompt_args))
+        self._log_template_data(prompt, **prompt_args)
+        completion = await self.acomplete(call.question, **call.options)
+        output = self._parse_output(completion.text)
+        dispatcher.event(LLMPredictEndEvent(output=output))
+        return output
+
+    @dispatcher.span
+    async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
+        call = self.context_call(prompt, **prompt_args)
+        if call is None:
+            return await super().astream(prompt, **prompt_args)
+        _refuse_output_parsers(self, prompt)
+        self._log_template_data(prompt, **prompt_args)
+        dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=prompt_args))
+        completions = await self.astream_complete(call.question, **call.options)
+        return await astream_completion_response_to_tokens(completions)
+
+
+def _refuse_output_parsers(llm: ParallelCompLLM, prompt: BasePromptTemplate) -> None:
+    """LlamaIndex's streams do not parse output (`LLM.stream` raises the same error)."""
+    if prompt.output_parser is not None or llm.output_parser is not None:
+        raise NotImplementedError("Output parser is not supported for streaming.")
