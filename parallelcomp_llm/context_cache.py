@@ -37,6 +37,14 @@ def digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def context_key(model_key: str, prefix_ids: list[int], chunks: list[Chunk]) -> str:
+    """The identity of an encoded context: the model key, the chunk prefix, and every chunk's
+    token ids and document spans (what a cache file holds, so a loaded file's key is recomputed,
+    never trusted)."""
+    layout = [(chunk.token_ids, [vars(span) for span in chunk.spans]) for chunk in chunks]
+    return digest(model_key, list(prefix_ids), layout)
+
+
 def model_key(model: PreTrainedModel, plan: ChunkPlan, prefix_ids: list[int]) -> str:
     """The identity of a model and of the settings that shape its encoded chunks: its config, a
     sample of its weights, its dtype, the chunk plan and the prompt prefix."""
@@ -119,35 +127,84 @@ class ContextCache:
                 header = json.loads((handle.metadata() or {}).get("parallelcomp", "{}"))
         except (OSError, ValueError, SafetensorError) as error:
             raise InvalidInputError(f"cannot read context cache {str(path)!r}: {error}") from None
-        if header.get("format") != _FORMAT:
+        if not isinstance(header, dict) or header.get("format") != _FORMAT:
             raise InvalidInputError(
                 f"{str(path)!r} is not a parallelcomp context cache of this version "
                 f"({_FORMAT}): encode the context again"
             )
-        tensors = load_file(str(path), device=str(device))
-        chunks = [
-            Chunk(tensors[f"chunk{i}"].tolist(), [Span(*span) for span in spans])
-            for i, spans in enumerate(header["spans"])
-        ]
-        batches = []
-        for b, meta in enumerate(header["batches"]):
-            layers = sum(1 for name in tensors if name.startswith(f"batch{b}.keys"))
-            batches.append(
-                EncodedBatch(
-                    meta["chunk_indices"],
-                    meta["lengths"],
-                    [tensors[f"batch{b}.keys{i}"] for i in range(layers)],
-                    [tensors[f"batch{b}.values{i}"] for i in range(layers)],
-                )
+        try:
+            tensors = load_file(str(path), device=str(device))
+            return _checked(header, tensors)
+        except (KeyError, TypeError, ValueError, IndexError, SafetensorError) as error:
+            raise InvalidInputError(
+                f"context cache {str(path)!r} is corrupt or was altered: {error}"
+            ) from None
+
+    def check_fits(self, layers: int, kv_heads: int, head_dim: int, max_tokens: int) -> None:
+        """`InvalidInputError` unless the KV has the shape of a model of `layers` layers and
+        `kv_heads` x `head_dim` keys, and the context at most `max_tokens` tokens."""
+        if self.context_tokens > max_tokens:
+            raise InvalidInputError(
+                f"the cached context has {self.context_tokens} tokens, more than "
+                f"max_context_tokens={max_tokens}"
             )
-        return cls(
-            header["model_key"],
-            header["context_key"],
-            chunks,
-            header["context_tokens"],
-            batches,
-            header["prefix_ids"],
+        for batch in self.batches:
+            shapes = {tuple(t.shape[1:2]) + tuple(t.shape[3:]) for t in batch.keys + batch.values}
+            if len(batch.keys) != layers or shapes != {(kv_heads, head_dim)}:
+                raise InvalidInputError(
+                    "the cached KV does not have this model's shape: the file is corrupt"
+                )
+
+
+def _checked(header: dict, tensors: dict[str, torch.Tensor]) -> ContextCache:
+    """The cache a file holds, each part checked: `ValueError` (or the `KeyError`, `TypeError`,
+    `IndexError` of a missing or mistyped part) for anything inconsistent."""
+    prefix_ids = [int(i) for i in header["prefix_ids"]]
+    chunks = []
+    for index, spans in enumerate(header["spans"]):
+        ids = tensors[f"chunk{index}"]
+        if ids.dtype != torch.int64 or ids.dim() != 1 or bool((ids < 0).any()):
+            raise ValueError(f"chunk {index} is not a list of token ids")
+        chunk = Chunk(ids.tolist(), [Span(*(int(v) for v in span)) for span in spans])
+        if not chunk.spans or any(
+            not 0 <= sp.offset <= sp.offset + sp.end - sp.start <= len(chunk) for sp in chunk.spans
+        ):
+            raise ValueError(f"chunk {index} has spans outside it")
+        chunks.append(chunk)
+    batches, seen = [], []
+    for b, meta in enumerate(header["batches"]):
+        indices, lengths = (
+            [int(i) for i in meta["chunk_indices"]],
+            [int(n) for n in meta["lengths"]],
         )
+        layers = sum(1 for name in tensors if name.startswith(f"batch{b}.keys"))
+        keys = [tensors[f"batch{b}.keys{i}"] for i in range(layers)]
+        values = [tensors[f"batch{b}.values{i}"] for i in range(layers)]
+        shape = tuple(keys[0].shape)
+        if (
+            len(shape) != 4
+            or shape[0] != len(indices)
+            or len(lengths) != len(indices)
+            or any(tuple(t.shape) != shape or not t.dtype.is_floating_point for t in keys + values)
+            or any(
+                length != len(prefix_ids) + len(chunks[i]) for i, length in zip(indices, lengths)
+            )
+            or max(lengths) > shape[2]
+        ):
+            raise ValueError(f"batch {b} does not match its chunks")
+        if not all(bool(torch.isfinite(t).all()) for t in keys + values):
+            raise ValueError(f"batch {b} holds values that are not finite")
+        seen += indices
+        batches.append(EncodedBatch(indices, lengths, keys, values))
+    if seen != list(range(len(chunks))):
+        raise ValueError("the batches do not hold every chunk once, in order")
+    tokens = sum(len(chunk) for chunk in chunks)
+    if int(header["context_tokens"]) != tokens:
+        raise ValueError("its token count does not match its chunks")
+    model = str(header["model_key"])
+    return ContextCache(
+        model, context_key(model, prefix_ids, chunks), chunks, tokens, batches, prefix_ids
+    )
 
 
 class CacheStore:

@@ -106,12 +106,17 @@ def reporting_memory_errors(device: torch.device) -> Iterator[None]:
         ) from None
 
 
-def kv_bytes_per_token(model: PreTrainedModel) -> int:
-    """Bytes of keys and values one token occupies over all layers."""
+def kv_shape(model: PreTrainedModel) -> tuple[int, int, int]:
+    """The model's KV layout: layers, KV heads, head dimension."""
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    element = next(model.parameters()).element_size()
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element
+    return config.num_hidden_layers, config.num_key_value_heads, head_dim
+
+
+def kv_bytes_per_token(model: PreTrainedModel) -> int:
+    """Bytes of keys and values one token occupies over all layers."""
+    layers, kv_heads, head_dim = kv_shape(model)
+    return 2 * layers * kv_heads * head_dim * next(model.parameters()).element_size()
 
 
 def auto_batch_size(model: PreTrainedModel, row_tokens: int, question_tokens: int) -> int:

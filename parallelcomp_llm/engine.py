@@ -20,7 +20,7 @@ from .chunking import ChunkPlan
 from .config import ParallelCompConfig
 from .context_cache import CacheStore, ContextCache, model_key
 from .decode_settings import DecodeSettings
-from .device import device_memory, host_memory, model_device
+from .device import device_memory, host_memory, kv_shape, model_device
 from .errors import InvalidInputError
 from .intake import Context, Intake
 from .models import (
@@ -227,6 +227,7 @@ class ParallelCompEngine:
         other settings (`ContextCacheMismatchError`)."""
         cache = ContextCache.load(path, self.device)
         cache.check_made_for(self.model_key)
+        cache.check_fits(*kv_shape(self.model), self.config.max_context_tokens)
         self._store.put(cache)
         return cache
 

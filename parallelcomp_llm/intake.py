@@ -14,7 +14,7 @@ from typing import Any
 from .admission import Deadline
 from .chunking import ChunkPlan
 from .config import ParallelCompConfig
-from .context_cache import ContextCache, digest
+from .context_cache import ContextCache, context_key
 from .decode_settings import DecodeSettings
 from .errors import ContextTooLongError, InvalidInputError
 from .long_prompt import PromptParts, PromptSplitter
@@ -94,7 +94,7 @@ class Intake:
         return Encoding(
             chunks,
             context_tokens,
-            digest(self.model_key, prefix_ids, documents),
+            context_key(self.model_key, prefix_ids, chunks),
             None,
             prefix_ids,
         )

@@ -142,3 +142,73 @@ def test_the_store_stays_consistent_under_concurrent_use():
 
     with ThreadPoolExecutor(4) as pool:
         assert all(held <= 5 for held in pool.map(work, range(4)))
+
+
+def _rewrite(source, target, change):
+    """Write `target`: the cache file `source` with `change(header, tensors)` applied."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        header = json.loads(handle.metadata()["parallelcomp"])
+    tensors = load_file(str(source))
+    change(header, tensors)
+    save_file(tensors, str(target), metadata={"parallelcomp": json.dumps(header)})
+
+
+def _nan_in_kv(header, tensors):
+    tensors["batch0.keys0"][0, 0, 0, 0] = float("nan")
+
+
+def _float_ids(header, tensors):
+    tensors["chunk0"] = tensors["chunk0"].float()
+
+
+TAMPERINGS = {
+    "a length": lambda h, t: h["batches"][0]["lengths"].__setitem__(0, 7),
+    "an out-of-range chunk index": lambda h, t: h["batches"][0]["chunk_indices"].__setitem__(0, 99),
+    "float chunk ids": _float_ids,
+    "NaN in the KV": _nan_in_kv,
+    "the token count": lambda h, t: h.__setitem__("context_tokens", 1),
+    "a missing layer": lambda h, t: t.pop("batch0.values1"),
+    "spans outside the chunk": lambda h, t: h["spans"][0][0].__setitem__(3, 10_000),
+    "a header without its fields": lambda h, t: (h.clear(), h.update({"format": 3})),
+}
+
+
+@pytest.mark.parametrize("tampering", sorted(TAMPERINGS))
+def test_a_tampered_cache_file_is_refused(tampering, tmp_path):
+    engine = tiny_engine("qwen2", **SETTINGS)
+    engine.encode(DOCS).save(tmp_path / "good.safetensors")
+    _rewrite(tmp_path / "good.safetensors", tmp_path / "bad.safetensors", TAMPERINGS[tampering])
+    with pytest.raises(InvalidInputError):
+        engine.load_context_cache(tmp_path / "bad.safetensors")
+    truncated = (tmp_path / "good.safetensors").read_bytes()[:-100]
+    (tmp_path / "cut.safetensors").write_bytes(truncated)
+    with pytest.raises(InvalidInputError):
+        engine.load_context_cache(tmp_path / "cut.safetensors")
+
+
+def test_a_relabelled_cache_never_answers_for_another_corpus(tmp_path):
+    engine = tiny_engine("qwen2", **SETTINGS)
+    other = [text_of_tokens(300, seed=i + 10) for i in range(5)]
+    other_key = engine.encode(other).context_key
+    engine.clear_context_cache()
+    engine.encode(DOCS).save(tmp_path / "good.safetensors")
+    relabel = lambda header, tensors: header.__setitem__("context_key", other_key)  # noqa: E731
+    _rewrite(tmp_path / "good.safetensors", tmp_path / "relabelled.safetensors", relabel)
+    loaded = engine.load_context_cache(tmp_path / "relabelled.safetensors")
+    assert loaded.context_key != other_key
+    fresh = tiny_engine("qwen2", **SETTINGS)
+    answer = engine.generate(other, "Which?", max_new_tokens=8)
+    assert not answer.stats.context_cache_hit
+    assert answer.token_ids == fresh.generate(other, "Which?", max_new_tokens=8).token_ids
+
+
+def test_a_loaded_cache_obeys_max_context_tokens(tmp_path):
+    tiny_engine("qwen2", **SETTINGS).encode(DOCS).save(tmp_path / "c.safetensors")
+    small = tiny_engine("qwen2", max_context_tokens=1000, **SETTINGS)
+    with pytest.raises(InvalidInputError, match="more than max_context_tokens=1000"):
+        small.load_context_cache(tmp_path / "c.safetensors")
