@@ -9,8 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
 from langchain_core.outputs import LLMResult
+from langchain_core.retrievers import BaseRetriever
 
 from parallelcomp_llm import ParallelCompEngine
 from parallelcomp_llm.testing import text_of_tokens, tiny_engine
@@ -69,3 +71,20 @@ def recorder() -> Recorder:
 @pytest.fixture
 def ticker() -> Callable[[Awaitable[Any]], Awaitable[tuple[Any, int]]]:
     return ticks_while
+
+
+class AllDocuments(BaseRetriever):
+    """Retrieves every document, as a retrieval chain over a whole corpus would."""
+
+    documents: list[Document]
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        return self.documents
+
+
+@pytest.fixture(scope="session")
+def whole_corpus_retriever() -> Callable[[list[Document]], BaseRetriever]:
+    """A retriever that returns every document of a corpus (a real `BaseRetriever`)."""
+    return lambda corpus: AllDocuments(documents=corpus)

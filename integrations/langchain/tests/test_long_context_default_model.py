@@ -15,11 +15,9 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import SummarizationMiddleware
 from langchain_classic.chains import create_retrieval_chain
 from langchain_classic.chains.combine_documents import create_stuff_documents_chain
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.retrievers import BaseRetriever
 from langchain_parallelcomp import ChatParallelComp, create_long_context_chain
 
 from parallelcomp_llm import ParallelCompEngine
@@ -28,17 +26,6 @@ from parallelcomp_llm.testing import PASSKEY_QUESTION, first_integer, passkey_ha
 pytestmark = pytest.mark.default_model
 KEY = 68217
 PROMPT = ChatPromptTemplate.from_messages([("human", "{context}\n\n{input}")])
-
-
-class AllDocuments(BaseRetriever):
-    """Retrieves every document, as a retrieval chain over a whole corpus would."""
-
-    documents: list[Document]
-
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
-    ) -> list[Document]:
-        return self.documents
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +58,9 @@ def test_create_stuff_documents_chain_finds_the_pass_key(chat, corpus):
     assert first_integer(answer) == KEY, answer
 
 
-def test_create_retrieval_chain_finds_the_pass_key(chat, corpus):
+def test_create_retrieval_chain_finds_the_pass_key(chat, corpus, whole_corpus_retriever):
     chain = create_retrieval_chain(
-        AllDocuments(documents=corpus), create_stuff_documents_chain(chat, PROMPT)
+        whole_corpus_retriever(corpus), create_stuff_documents_chain(chat, PROMPT)
     )
     result = chain.invoke({"input": PASSKEY_QUESTION})
     assert first_integer(result["answer"]) == KEY, result["answer"]

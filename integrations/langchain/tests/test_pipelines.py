@@ -10,7 +10,6 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import SummarizationMiddleware
 from langchain_classic.chains import create_retrieval_chain
 from langchain_classic.chains.combine_documents import create_stuff_documents_chain
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.exceptions import ContextOverflowError
 from langchain_core.messages import HumanMessage
@@ -27,17 +26,6 @@ PROMPT = ChatPromptTemplate.from_messages([("system", SYSTEM), ("human", "{input
 MAX_TOKENS = 12
 
 
-class AllDocuments(BaseRetriever):
-    """Retrieves every document, as a retrieval chain over a whole corpus would."""
-
-    documents: list[Document]
-
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
-    ) -> list[Document]:
-        return self.documents
-
-
 @pytest.fixture(scope="module")
 def corpus() -> list[Document]:
     """Three documents of 512 tokens: three times the tiny model's trained window."""
@@ -52,8 +40,8 @@ def stuff_chain(chat: ChatParallelComp):
     return create_stuff_documents_chain(chat, PROMPT)
 
 
-def retrieval_chain(chat: ChatParallelComp, corpus: list[Document]):
-    return create_retrieval_chain(AllDocuments(documents=corpus), stuff_chain(chat))
+def retrieval_chain(chat: ChatParallelComp, retriever: BaseRetriever):
+    return create_retrieval_chain(retriever, stuff_chain(chat))
 
 
 def agent(chat: ChatParallelComp):
@@ -79,13 +67,17 @@ def test_stuff_documents_chain_answers_over_a_corpus_in_its_prompt(engine, corpu
     assert answer == expected_chain_answer(engine, corpus).text
 
 
-async def test_retrieval_chain_answers_over_every_retrieved_document(engine, corpus):
+async def test_retrieval_chain_answers_over_every_retrieved_document(
+    engine, corpus, whole_corpus_retriever
+):
     chat = ChatParallelComp(engine=engine, max_tokens=MAX_TOKENS)
     expected = expected_chain_answer(engine, corpus).text
-    result = retrieval_chain(chat, corpus).invoke({"input": QUESTION})
+    result = retrieval_chain(chat, whole_corpus_retriever(corpus)).invoke({"input": QUESTION})
     assert result["answer"] == expected
     assert result["context"] == corpus
-    assert (await retrieval_chain(chat, corpus).ainvoke({"input": QUESTION}))["answer"] == expected
+    assert (
+        await retrieval_chain(chat, whole_corpus_retriever(corpus)).ainvoke({"input": QUESTION})
+    )["answer"] == expected
 
 
 async def test_agent_with_summarization_answers_a_long_message(engine, corpus):
@@ -103,12 +95,12 @@ async def test_agent_with_summarization_answers_a_long_message(engine, corpus):
 
 
 @pytest.mark.parametrize("path", ["stuff", "retrieval", "agent"])
-async def test_a_corpus_over_the_limit_raises_to_the_caller(corpus, path):
+async def test_a_corpus_over_the_limit_raises_to_the_caller(corpus, path, whole_corpus_retriever):
     chat = ChatParallelComp(engine=tiny_engine("llama", max_context_tokens=1000), max_tokens=8)
     assert chat.profile["max_input_tokens"] == 1000
     runs = {
         "stuff": (stuff_chain(chat), {"context": corpus, "input": QUESTION}),
-        "retrieval": (retrieval_chain(chat, corpus), {"input": QUESTION}),
+        "retrieval": (retrieval_chain(chat, whole_corpus_retriever(corpus)), {"input": QUESTION}),
         "agent": (
             agent(chat),
             {"messages": [HumanMessage(corpus_text(corpus) + "\n\n" + QUESTION)]},
