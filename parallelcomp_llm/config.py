@@ -146,7 +146,8 @@ class ParallelCompConfig(CheckedModel):
         description="Most questions answered together in one batch: when the model becomes free, "
         "the oldest waiting request runs with the requests waiting behind it over the same "
         "context (same documents or ContextCache), up to this many questions (each question of "
-        "a generate_batch counts; a generate_batch is never split). 1 runs every call alone.",
+        "a generate_batch counts; a longer generate_batch runs as consecutive batches of this "
+        "many). 1 runs every call alone.",
     )
     request_timeout_s: float | None = Field(
         None,

@@ -192,7 +192,7 @@ class ParallelCompEngine:
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens of `text` in the model's tokenizer (no special tokens)."""
-        return len(self.prompts.encode(text))
+        return len(self._intake.tokens_of(text))
 
     # -- contexts ---------------------------------------------------------------------------
 
@@ -304,14 +304,22 @@ class ParallelCompEngine:
     ) -> list[Answer]:
         """Answer several questions over one context in one call: the context is encoded once,
         each question selects its own chunks and KV, and the final passes and decoding run as one
-        batch. Answers come in the order of `questions`."""
+        batch. More questions than `max_batch_requests` run as consecutive batches of at most that
+        many, which bounds memory (the context is prefilled again for each batch unless the
+        engine keeps its encoding). Every question is checked before any model work. Answers come
+        in the order of `questions`."""
         if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
             raise InvalidInputError("questions must be a non-empty sequence of strings")
         intake = self._intake
         decoding, deadline = intake.settings(settings, options), intake.deadline(timeout_s)
         encoding = intake.encoding(context, system_prompt)
         requests = [intake.request(encoding, q, decoding, deadline, progress) for q in questions]
-        return [stream.wait() for stream in self._answer_streams(requests)]
+        size = self.config.max_batch_requests
+        return [
+            stream.wait()
+            for first in range(0, len(requests), size)
+            for stream in self._answer_streams(requests[first : first + size])
+        ]
 
     # -- the model as an ordinary LLM, any length -------------------------------------------
 

@@ -75,13 +75,7 @@ class Intake:
         prefix_ids = self.prompts.prefix_with(system_prompt)
         texts = documents_of(context)
         limit = self.config.max_context_tokens
-        characters = sum(len(text) for text in texts)
-        if characters > limit * self.prompts.max_token_characters:
-            raise ContextTooLongError(
-                f"context has {characters} characters, so more than max_context_tokens={limit} "
-                f"tokens (no token is longer than {self.prompts.max_token_characters} "
-                "characters); raise the limit or pass less text"
-            )
+        self.check_size("context", sum(len(text) for text in texts))
         documents = [self.prompts.encode(d) if d.strip() else [] for d in texts]
         extra_prefix = len(prefix_ids) - len(self.prompts.prefix_ids)
         chunks = self.chunk_plan.split(documents, extra_prefix)
@@ -98,6 +92,24 @@ class Intake:
             None,
             prefix_ids,
         )
+
+    def check_size(self, what: str, characters: int) -> None:
+        """`ContextTooLongError` before tokenizing a text of `characters` characters that must
+        have more than `max_context_tokens` tokens (no token is longer than the tokenizer's
+        longest)."""
+        limit, longest = self.config.max_context_tokens, self.prompts.max_token_characters
+        if characters > limit * longest:
+            raise ContextTooLongError(
+                f"{what} has {characters} characters, so more than max_context_tokens={limit} "
+                f"tokens (no token is longer than {longest} characters); raise the limit or pass "
+                "less text"
+            )
+
+    def tokens_of(self, text: str) -> list[int]:
+        """Token ids of caller text no longer than the longest context (`check_size`)."""
+        if isinstance(text, str):
+            self.check_size("text", len(text))
+        return self.prompts.encode(text)
 
     def request(
         self,

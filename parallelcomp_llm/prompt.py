@@ -14,7 +14,6 @@ template's own text is tokenized with them.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from .errors import InvalidConfigError, InvalidInputError
+from .tokenizer_pool import TokenizerPool
 
 _CONTEXT_MARK = "\x00PARALLELCOMP_CONTEXT\x00"
 _QUESTION_MARK = "\x00PARALLELCOMP_QUESTION\x00"
@@ -91,7 +91,7 @@ class PromptBuilder:
         self._system_template = PromptTemplate.for_tokenizer(
             tokenizer, use_chat_template, _SYSTEM_MARK
         )
-        self._lock = threading.Lock()
+        self._pool = TokenizerPool(tokenizer)
         bos = tokenizer.bos_token_id
         self._bos = [bos] if self.template.add_bos and bos is not None else []
         self.prefix_ids = self._bos + self._template_ids(self.template.prefix)
@@ -128,12 +128,11 @@ class PromptBuilder:
         return self._ids(text, split_special_tokens=False)
 
     def _ids(self, text: str, split_special_tokens: bool) -> list[int]:
-        """Calls are serialised: a fast tokenizer shared by threads can fail with "Already
-        borrowed"."""
+        """Each call on a tokenizer of its own (`TokenizerPool`)."""
         if not text:
             return []
-        with self._lock:
-            encoded = self.tokenizer(
+        with self._pool.lend() as tokenizer:
+            encoded = tokenizer(
                 text, add_special_tokens=False, split_special_tokens=split_special_tokens
             )
         return list(encoded["input_ids"])

@@ -19,7 +19,12 @@ import torch
 from langchain_parallelcomp import ChatParallelComp
 from llama_index.llms.parallelcomp import ParallelCompLLM
 
-from parallelcomp_llm import DeviceMemoryError, EngineBusyError, RequestTimeoutError
+from parallelcomp_llm import (
+    DeviceMemoryError,
+    EngineBusyError,
+    InvalidInputError,
+    RequestTimeoutError,
+)
 from parallelcomp_llm.testing import ModelPause, forward_shapes, text_of_tokens, tiny_engine
 
 DOCS = [text_of_tokens(300, seed=i) for i in range(4)]
@@ -153,8 +158,8 @@ def test_batches_hold_at_most_max_batch_requests_questions(max_batch_requests):
     assert chunk_prefills(shapes) == 1 + 2 * (4 if max_batch_requests == 1 else 2)
 
 
-def test_generate_batch_joins_waiting_requests_and_is_never_split():
-    engine = tiny_engine("llama", max_batch_requests=2, **SETTINGS)
+def test_generate_batch_joins_waiting_requests():
+    engine = tiny_engine("llama", max_batch_requests=4, **SETTINGS)
     alone = [engine.generate(DOCS, q, max_new_tokens=6).token_ids for q in QUESTIONS]
     pause, _ = hold(engine)
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -164,8 +169,37 @@ def test_generate_batch_joins_waiting_requests_and_is_never_split():
         pause.release()
         answers = several.result()
     assert [a.token_ids for a in answers] + [drain(single)] == alone
-    assert [a.stats.batch_size for a in answers] == [3, 3, 3]
-    assert single.answer.stats.batch_size == 1
+    assert [a.stats.batch_size for a in answers] == [4, 4, 4]
+    assert single.answer.stats.batch_size == 4
+
+
+def test_a_generate_batch_longer_than_max_batch_requests_runs_in_consecutive_batches():
+    engine = tiny_engine("llama", max_batch_requests=2, **SETTINGS)
+    alone = [engine.generate(DOCS, q, max_new_tokens=6).token_ids for q in QUESTIONS[:3]]
+    shapes = forward_shapes(engine.model)
+    answers = engine.generate_batch(DOCS, QUESTIONS[:3], max_new_tokens=6)
+    assert [a.token_ids for a in answers] == alone
+    assert [a.stats.batch_size for a in answers] == [2, 2, 1]
+    assert max(rows for rows, tokens in shapes if tokens == 1) == 2
+    assert chunk_prefills(shapes) == 2 * 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"temperature": float("nan")}, {"seed": 2**63}, {"top_k": True}, {"stop": 5}, {"x": 1}],
+    ids=["nan-temperature", "huge-seed", "bool-top-k", "int-stop", "unknown-keyword"],
+)
+def test_a_bad_option_is_refused_at_the_call_and_its_batch_goes_on(bad):
+    engine = tiny_engine("llama", **SETTINGS)
+    alone = [engine.generate(DOCS, q, max_new_tokens=6).token_ids for q in QUESTIONS[:2]]
+    pause, _ = hold(engine)
+    streams = [engine.stream(DOCS, q, max_new_tokens=6) for q in QUESTIONS[:2]]
+    with pytest.raises(InvalidInputError):
+        engine.stream(DOCS, QUESTIONS[2], max_new_tokens=6, **bad)
+    assert engine.queue_depth == 2
+    pause.release()
+    assert [drain(stream) for stream in streams] == alone
+    assert [stream.answer.stats.batch_size for stream in streams] == [2, 2]
 
 
 def test_a_full_line_refuses_and_the_waiting_requests_still_share_a_batch():
