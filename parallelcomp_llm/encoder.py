@@ -21,7 +21,6 @@ from .device import (
 )
 from .prefill import EncodedBatch, prefill_rows
 from .requests import Encoding
-from .scheduler import BatchControl
 from .tracing import StageTracer
 
 
@@ -66,7 +65,6 @@ class ChunkEncoder:
         encoding: Encoding,
         count: PrefillCount,
         progress: bool,
-        control: BatchControl,
         explicit: bool = False,
     ) -> Iterator[EncodedBatch]:
         """The context's encoded batches, in chunk order; `count` says how they were had."""
@@ -90,7 +88,6 @@ class ChunkEncoder:
         bar = tqdm(total=len(chunks), desc="prefill", unit="chunk", disable=not progress)
         first = 0
         while first < len(chunks):
-            control.check()
             indices = list(range(first, min(first + batch_size, len(chunks))))
             rows = [prefix + chunks[i].token_ids for i in indices]
             try:

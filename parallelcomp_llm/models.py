@@ -4,7 +4,7 @@ the special tokens that pad and end answers, and what a calibrator needs of the 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,6 +66,21 @@ def use_hooked_attention(model: PreTrainedModel, kernel: str) -> None:
     """Switch `model` to the hooked version of transformers' `kernel` (see attention.py)."""
     register_hooked_kernels()
     model.set_attn_implementation(implementation_name(kernel))
+
+
+@contextmanager
+def checked_between_layers(model: PreTrainedModel, check: Callable[[], None]) -> Iterator[None]:
+    """Call `check` before each decoder layer runs inside the `with` block, so that a deadline or
+    a cancellation stops a long forward pass between two layers rather than after it."""
+    handles = [
+        layer.register_forward_pre_hook(lambda module, args: check())
+        for layer in model.get_decoder().layers
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from .device import model_device, reporting_memory_errors, start_measuring
 from .encoder import ChunkEncoder, PrefillCount
 from .final_pass import FinalRow, run_final_pass, run_prompt
 from .merging import StoredChunk, merge_chunks, store_chunk
-from .models import end_token_ids, pad_token_id, use_hooked_attention
+from .models import checked_between_layers, end_token_ids, pad_token_id, use_hooked_attention
 from .prefill import EncodedBatch, question_pass
 from .requests import Encoding, PromptRequest, Request
 from .scheduler import BatchControl
@@ -148,25 +148,27 @@ class Pipeline:
             selections = [Selection.under(split, encoding) for _ in requests]
             count = PrefillCount()
             progress = any(request.progress for request in requests)
-            for batch in self.encoder.batches(encoding, count, progress, control):
-                for request, selection in zip(requests, selections, strict=True):
-                    control.check()
-                    evidence = self.question_pass(batch, encoding, request, selection)
-                    if selection.score:
-                        selection.relevance += self.score(evidence)
-                    stored = self.select_kv(batch, encoding, evidence, split)
-                    selection.add(stored, split.keep_chunks)
-                    del evidence  # its logits: one question's at a time
-                del batch
-            rows = []
-            for number, (request, selection) in enumerate(zip(requests, selections, strict=True)):
-                recorders[number].prefilled(count.cache_hit, count.chunks if number == 0 else 0)
-                kept = self.keep_chunks(selection, split, encoding, request, recorders[number])
-                rows.append(self.merge(selection, kept, encoding, request, recorders[number]))
-            del selections
-            with self.tracer.span("final_pass"):
-                state = run_final_pass(self.model, rows, self.pad_id, self.stages.calibrator)
-            del rows
+            with checked_between_layers(self.model, control.check):
+                for batch in self.encoder.batches(encoding, count, progress):
+                    for request, selection in zip(requests, selections, strict=True):
+                        evidence = self.question_pass(batch, encoding, request, selection)
+                        if selection.score:
+                            selection.relevance += self.score(evidence)
+                        stored = self.select_kv(batch, encoding, evidence, split)
+                        selection.add(stored, split.keep_chunks)
+                        del evidence  # its logits: one question's at a time
+                    del batch
+                rows = []
+                for number, (request, selection) in enumerate(
+                    zip(requests, selections, strict=True)
+                ):
+                    recorders[number].prefilled(count.cache_hit, count.chunks if number == 0 else 0)
+                    kept = self.keep_chunks(selection, split, encoding, request, recorders[number])
+                    rows.append(self.merge(selection, kept, encoding, request, recorders[number]))
+                del selections
+                with self.tracer.span("final_pass"):
+                    state = run_final_pass(self.model, rows, self.pad_id, self.stages.calibrator)
+                del rows
             settings = [request.settings for request in requests]
             yield from self.decoder.answers(state, settings, recorders, control)
 
@@ -303,10 +305,9 @@ class Pipeline:
         self, encoding: Encoding, progress: bool, control: BatchControl
     ) -> Iterator[tuple[int, ContextCache]]:
         """Prefill every chunk of one context, for `engine.encode`: yield (0, its cache)."""
-        with reporting_memory_errors(model_device(self.model)):
-            batches = list(
-                self.encoder.batches(encoding, PrefillCount(), progress, control, explicit=True)
-            )
+        device = model_device(self.model)
+        with reporting_memory_errors(device), checked_between_layers(self.model, control.check):
+            batches = list(self.encoder.batches(encoding, PrefillCount(), progress, explicit=True))
         yield (
             0,
             ContextCache(
@@ -326,6 +327,9 @@ class Pipeline:
             recorder = StatsRecorder(
                 device, start_measuring(device), prompt_tokens=len(request.prompt_ids)
             )
-            with self.tracer.span("prompt_prefill"):
+            with (
+                self.tracer.span("prompt_prefill"),
+                checked_between_layers(self.model, control.check),
+            ):
                 state = run_prompt(self.model, request.prompt_ids)
             yield from self.decoder.answers(state, [request.settings], [recorder], control)

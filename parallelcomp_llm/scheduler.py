@@ -18,10 +18,10 @@ stops reading or is cancelled. A worker that belongs to no caller has neither pr
 
 Each request of a batch keeps its own fate:
 - Deadline: a reader that waits past its job's deadline gets `RequestTimeoutError`. The code
-  running the batch asks `BatchControl.check` before each forward pass of the prefill (chunk
-  batches and question passes) and
-  `BatchControl.keep` for each running row after each decoding step: rows past their deadline fail
-  there with `RequestTimeoutError` and are no longer computed, while the other rows go on.
+  running the batch asks `BatchControl.check` before each decoder layer of the forward passes
+  before decoding (chunk prefills, question passes, the final pass) and `BatchControl.keep` for
+  each running row after each decoding step: rows past their deadline fail there with
+  `RequestTimeoutError` and are no longer computed, while the other rows go on.
 - Cancellation: closing a row's `RowEvents` before its result, or dropping it, cancels its job;
   the job leaves the line, or its rows stop at the next step. `close(wait=False)` does not wait
   for that, for callers that must not block (an event loop).

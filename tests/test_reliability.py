@@ -243,3 +243,52 @@ def test_close_cancels_every_request_and_the_engine_goes_on():
     assert running.cancelled and waiting.cancelled and not closing.is_alive()
     assert not engine.busy and engine.queue_depth == 0
     assert engine.generate(DOCS, "Q3?", max_new_tokens=4).finish_reason in ("stop", "length")
+
+
+def test_a_timeout_stops_a_forward_pass_between_layers():
+    engine = tiny_engine("llama", request_timeout_s=0.3, **SETTINGS)
+    first, second = engine.model.get_decoder().layers
+    later_layers: list[int] = []
+    first.register_forward_pre_hook(lambda *args: time.sleep(0.8))
+    second.register_forward_pre_hook(lambda *args: later_layers.append(1))
+    with pytest.raises(RequestTimeoutError):
+        engine.generate(DOCS, "Which?", max_new_tokens=4)
+    assert later_layers == []
+    assert not engine.busy
+
+
+def test_closing_the_engine_stops_a_forward_pass_between_layers():
+    engine = tiny_engine("llama", **SETTINGS)
+    first, second = engine.model.get_decoder().layers
+    later_layers: list[int] = []
+    reached, released = threading.Event(), threading.Event()
+
+    def hold(*args):
+        reached.set()
+        released.wait(60)
+
+    holding = first.register_forward_pre_hook(hold)
+    second.register_forward_pre_hook(lambda *args: later_layers.append(1))
+    stream = engine.stream(DOCS, "Which?", max_new_tokens=4)
+    assert reached.wait(60)
+    closing = threading.Thread(target=engine.close, kwargs={"timeout_s": 60})
+    closing.start()
+    while not stream.cancelled:
+        time.sleep(0.01)
+    holding.remove()
+    released.set()
+    closing.join(60)
+    assert later_layers == [] and not closing.is_alive()
+
+
+def test_a_short_text_is_tokenized_while_a_long_one_is():
+    engine = tiny_engine("llama")
+    finished: list[str] = []
+    long = threading.Thread(
+        target=lambda: finished.append(str(engine.count_tokens("hello world. " * 150_000)))
+    )
+    long.start()
+    time.sleep(0.2)
+    finished.append(str(engine.count_tokens("a short question")))
+    long.join()
+    assert finished == ["16", str(13 * 150_000)]
