@@ -51,6 +51,13 @@ def _left_pad(tensor: torch.Tensor, width: int, value: float = 0) -> torch.Tenso
     return torch.cat([tensor.new_full((*tensor.shape[:-1], padding), value), tensor], dim=-1)
 
 
+def _batched(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """One layer's KV of every row, left-padded to `width` entries (a single row as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([_left_pad(part, width) for part in parts])
+
+
 @torch.inference_mode()
 def run_final_pass(
     model: PreTrainedModel,
@@ -59,15 +66,22 @@ def run_final_pass(
     calibrator: Calibrator | None,
 ) -> FinalState:
     """Run every row's question over its merged KV in one batch, with the calibrator's masks
-    when there is one; return the decoding state."""
+    when there is one; return the decoding state.
+
+    The rows' merged KV is handed over layer by layer into the batch (`MergedKV.hand_over`),
+    and the cache alone then holds it, so that the batch's KV is never in memory twice.
+    """
     device = rows[0].merged.keys[0].device
     width = max(row.merged.entries for row in rows)
     q_width = max(len(row.question_ids) for row in rows)
-    layers = len(rows[0].merged.keys)
-    keys = [torch.cat([_left_pad(r.merged.keys[i], width) for r in rows]) for i in range(layers)]
-    values = [
-        torch.cat([_left_pad(r.merged.values[i], width) for r in rows]) for i in range(layers)
-    ]
+    keys, values = [], []
+    for layer in range(len(rows[0].merged.keys)):
+        handed = [row.merged.hand_over(layer) for row in rows]
+        keys.append(_batched([layer_keys for layer_keys, _ in handed], width))
+        values.append(_batched([layer_values for _, layer_values in handed], width))
+        del handed
+    cache = cache_from_tensors(keys, values)
+    del keys, values
     probe = None
     if calibrator is not None:
         calibration = Calibration(calibrator)
@@ -93,7 +107,6 @@ def run_final_pass(
             + [1] * len(row.question_ids)
         )
     attention_mask = torch.tensor(masks, device=device) if len(rows) > 1 else None
-    cache = cache_from_tensors(keys, values)
     logits = run_on_cache(
         model,
         torch.tensor(input_ids, device=device),

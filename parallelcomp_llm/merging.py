@@ -37,14 +37,20 @@ class MergedKV:
     asked for, each entry's offset in its chunk's context and that chunk's length
     (1, kv_heads, entries; offset -1 for the template prefix)."""
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    keys: list[torch.Tensor | None]
+    values: list[torch.Tensor | None]
     offsets: dict[int, torch.Tensor]
     lengths: dict[int, torch.Tensor]
+    entries: int
 
-    @property
-    def entries(self) -> int:
-        return int(self.keys[0].shape[2])
+    def hand_over(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s keys and values, which the merge then no longer holds: their memory
+        goes as soon as the taker is done with them."""
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None:
+            raise RuntimeError(f"layer {layer} of this merged KV was handed over already")
+        self.keys[layer] = self.values[layer] = None
+        return keys, values
 
 
 def _gather(states: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -113,4 +119,4 @@ def merge_chunks(
         if track:
             offsets[layer] = torch.cat(offset_parts, dim=1)[None]
             lengths[layer] = torch.cat(length_parts, dim=1)[None]
-    return MergedKV(keys, values, offsets, lengths)
+    return MergedKV(keys, values, offsets, lengths, int(keys[0].shape[2]))
