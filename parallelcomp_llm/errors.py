@@ -12,8 +12,12 @@ class ParallelCompError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
-class InvalidInputError(ParallelCompError, ValueError):
-    """A question, context, file or per-call argument that cannot be used."""
+class InvalidInputError(ParallelCompError):
+    """A question, context, file or per-call argument that cannot be used.
+
+    Not a `ValueError`, for the reason `ContextTooLongError` gives: a framework that takes a
+    `ValueError` for a model's formatting mistake would swallow it.
+    """
 
 
 class InvalidConfigError(ParallelCompError, ValueError):

@@ -53,6 +53,17 @@ def engine():
         ("text", "Q\ud800?", {}, InvalidInputError),
         ("text", "Q?", {"stop": ["x"] * 65}, InvalidInputError),
         ("text", "Q?", {"stop": ["x" * 1001]}, InvalidInputError),
+        ("text", "Q?", {"stop": 5}, InvalidInputError),
+        ("text", "Q?", {"temperature": float("nan")}, InvalidInputError),
+        ("text", "Q?", {"temperature": 1e-39}, InvalidInputError),
+        ("text", "Q?", {"temperature": "1.0"}, InvalidInputError),
+        ("text", "Q?", {"seed": "7"}, InvalidInputError),
+        ("text", "Q?", {"seed": 1.5}, InvalidInputError),
+        ("text", "Q?", {"seed": True}, InvalidInputError),
+        ("text", "Q?", {"seed": 2**63}, InvalidInputError),
+        ("text", "Q?", {"top_k": True}, InvalidInputError),
+        ("text", "Q?", {"frobnicate": 1}, InvalidInputError),
+        ("text", "Q?", {"timeout_s": float("inf")}, InvalidInputError),
     ],
     ids=lambda value: repr(value)[:20] if isinstance(value, (str, list, bytes, int)) else None,
 )
@@ -84,6 +95,8 @@ def test_long_context_is_refused_not_truncated(engine):
         {"calibration_layers": (3, 1)},
         {"calibration_threshold": 0.5},
         {"calibration_threshold": float("inf")},
+        {"request_timeout_s": float("inf")},
+        {"request_timeout_s": float("nan")},
         {"max_context_tokens": 0},
         {"device": "tpu"},
         {"no_such_setting": 1},
@@ -134,6 +147,7 @@ def test_prompt_longer_than_the_hard_limit_is_refused_before_model_work(engine):
     with pytest.raises(ContextTooLongError, match="more than max_context_tokens=5000"):
         engine.stream_chat([{"role": "user", "content": long}])
     assert not isinstance(ContextTooLongError("x"), ValueError)
+    assert not isinstance(InvalidInputError("x"), ValueError)
 
 
 def test_a_huge_text_is_refused_before_it_is_tokenized(engine):
@@ -146,6 +160,12 @@ def test_separators_between_packed_documents_count_against_the_limit(engine):
     documents = ["ab"] * 2000
     with pytest.raises(ContextTooLongError, match="separators"):
         engine.generate(documents, "Q?")
+
+
+def test_count_tokens_refuses_a_huge_text_before_tokenizing_it(engine):
+    huge = "x" * (5000 * engine.prompts.max_token_characters + 1)
+    with pytest.raises(ContextTooLongError, match="text has .* characters"):
+        engine.count_tokens(huge)
 
 
 def test_count_tokens_takes_only_text(engine):

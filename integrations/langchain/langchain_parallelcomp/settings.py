@@ -10,7 +10,13 @@ from typing import Any, Self
 from langchain_core.language_models import LangSmithParams
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from parallelcomp_llm import AnswerStream, DecodeSettings, ParallelCompConfig, ParallelCompEngine
+from parallelcomp_llm import (
+    AnswerStream,
+    DecodeSettings,
+    InvalidInputError,
+    ParallelCompConfig,
+    ParallelCompEngine,
+)
 
 from .context import engine_context
 
@@ -67,7 +73,10 @@ class ParallelCompSettings(BaseModel):
 
     @model_validator(mode="after")
     def _load_parallelcomp_engine(self) -> Self:
-        self._decode_settings({})
+        try:
+            self._decode_settings({})
+        except InvalidInputError as error:  # pydantic reports a ValueError as a ValidationError
+            raise ValueError(str(error)) from None
         if self.engine is not None:
             if self.model is not None or self.config is not None:
                 raise ValueError("pass either `engine` or `model`/`config`, not both")

@@ -1,7 +1,7 @@
 """LlamaIndex's own query engines (every response mode) and chat engines (every chat mode without
 agents) over `ParallelCompLLM`: over a corpus of three trained windows each answers, its LLM calls
-reading the whole corpus with ParallelComp, and over a corpus above the engine's limit each raises
-`ContextTooLongError` to the caller."""
+reading the whole corpus with ParallelComp; over a corpus above the engine's limit each raises
+`ContextTooLongError` to the caller, and a request the engine refuses raises `InvalidInputError`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from llama_index.core import Document, SummaryIndex
 from llama_index.llms.parallelcomp import ParallelCompLLM
 
-from parallelcomp_llm import ContextTooLongError
+from parallelcomp_llm import ContextTooLongError, InvalidInputError
 from parallelcomp_llm.testing import passkey_haystack, tiny_engine
 
 QUESTION = "Which part matters?"
@@ -73,17 +73,23 @@ def test_streaming_and_async_query_and_chat_engines_answer(wide_engine, corpus):
     assert chat == str(index.as_chat_engine(chat_mode="context", llm=llm).chat(QUESTION))
 
 
-def test_a_corpus_over_the_limit_raises_in_every_pipeline(corpus, pipeline):
-    # LlamaIndex packs prompts by its own token count (tiktoken unless Settings.tokenizer is set):
-    # a quarter of the byte-level tokenizer's, so each prompt's context is over the limit.
+@pytest.mark.parametrize(
+    "limit, error, message",
+    [
+        # LlamaIndex packs prompts by its own token count (tiktoken unless Settings.tokenizer is
+        # set): a quarter of the byte-level tokenizer's, so each prompt's context is over the limit.
+        ({"max_context_tokens": 1024}, ContextTooLongError, "more than max_context_tokens=1024"),
+        # refine and its relatives take a ValueError for the model's formatting mistake and
+        # answer "Empty Response": the engine's InvalidInputError is not one.
+        ({"max_new_tokens_limit": 8}, InvalidInputError, "over this engine's limit of 8"),
+    ],
+    ids=["context-over-the-limit", "request-refused"],
+)
+def test_an_engine_error_raises_in_every_pipeline(corpus, pipeline, limit, error, message):
     engine = tiny_engine(
-        "llama",
-        window=2048,
-        question_reserve_tokens=200,
-        chunk_room_fraction=0.5,
-        max_context_tokens=1024,
+        "llama", window=2048, question_reserve_tokens=200, chunk_room_fraction=0.5, **limit
     )
     llm = ParallelCompLLM(engine=engine, max_new_tokens=12)
     index = SummaryIndex.from_documents([Document(text=corpus)])
-    with pytest.raises(ContextTooLongError, match=r"more than max_context_tokens=1024"):
+    with pytest.raises(error, match=message):
         pipeline(index, llm, corpus, QUESTION)
