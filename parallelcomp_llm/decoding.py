@@ -15,14 +15,12 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import Cache
 
 from .answer import Answer
-from .attention import AttentionProbe
 from .decode_settings import DecodeSettings
+from .decode_step import DecodeStep, DynamicStep, StaticStep, StepGraphs, StepKind
 from .device import device_work_done, model_device
 from .final_pass import FinalState
-from .kvcache import run_on_cache
 from .scheduler import BatchControl
 from .stats import StatsRecorder
 from .tracing import StageTracer
@@ -75,24 +73,19 @@ class DecodeRow:
 
 @torch.inference_mode()
 def decode_rows(
-    model: PreTrainedModel,
-    cache: Cache,
+    step: DecodeStep,
     last_logits: torch.Tensor,
     rows: list[DecodeRow],
     pad_id: int,
-    attention_mask: torch.Tensor | None = None,
-    probe: AttentionProbe | None = None,
     tracer: StageTracer | None = None,
 ) -> Iterator[list[int | None]]:
     """Decode every row of the batch in step; yield each step's new token per row (None for a
     finished row) until every row has finished. End tokens are not yielded.
 
-    `last_logits` (rows, vocab) are the logits after each row's prompt. `attention_mask`
-    (rows, cache width) marks padding in the cache, if any; every new token is attended. Each step
-    runs under `probe`, which keeps applying the request's calibration masks.
+    `last_logits` (rows, vocab) are the logits after each row's prompt; `step` runs the model
+    for the next token of every row (a finished row is fed padding).
     """
     tracer = tracer or StageTracer()
-    device = last_logits.device
     logits = last_logits
     while True:
         tokens: list[int | None] = []
@@ -112,21 +105,10 @@ def decode_rows(
             yield tokens
         if all(row.finish is not None for row in rows):
             return
-        input_ids = [[pad_id if token is None else token] for token in tokens]
-        positions = [[row.next_position + max(len(row.produced) - 1, 0)] for row in rows]
-        if attention_mask is not None:
-            attention_mask = torch.cat(
-                [attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1
-            )
+        fed = [pad_id if token is None else token for token in tokens]
+        positions = [row.next_position + max(len(row.produced) - 1, 0) for row in rows]
         with tracer.span("decode_step"):
-            logits = run_on_cache(
-                model,
-                torch.tensor(input_ids, device=device),
-                torch.tensor(positions, device=device),
-                cache,
-                attention_mask,
-                probe,
-            )[:, -1]
+            logits = step(fed, positions)
 
 
 class TextDeltas:
@@ -186,12 +168,26 @@ class Decoder:
         eos_ids: frozenset[int],
         pad_id: int,
         tracer: StageTracer,
+        step_kind: StepKind,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.pad_id = pad_id
         self.tracer = tracer
+        self.step_kind = step_kind
+        self.graphs = StepGraphs() if step_kind == "cuda_graph" else None
+
+    def step(self, state: FinalState, max_new_tokens: int) -> DecodeStep:
+        """How this batch decodes: over a static cache (captured as a CUDA graph) when the
+        engine's `decode_step` says so and no calibration masks apply, else over the growing
+        cache. The step takes the final pass's cache over."""
+        cache, state.cache = state.cache, None
+        if self.step_kind == "dynamic" or state.probe is not None:
+            return DynamicStep(self.model, cache, state.attention_mask, state.probe)
+        return StaticStep(
+            self.model, cache, state.attention_mask, max_new_tokens, self.graphs, self.tracer
+        )
 
     def answers(
         self,
@@ -213,16 +209,8 @@ class Decoder:
             end_ids = frozenset() if row_settings.ignore_eos else self.eos_ids
             rows.append(DecodeRow(sampler, row_settings.max_new_tokens, position, end_ids))
             deltas.append(TextDeltas(self.tokenizer, row_settings.stop))
-        steps = decode_rows(
-            self.model,
-            state.cache,
-            state.logits,
-            rows,
-            self.pad_id,
-            state.attention_mask,
-            state.probe,
-            self.tracer,
-        )
+        step = self.step(state, max(row.max_new_tokens for row in rows))
+        steps = decode_rows(step, state.logits, rows, self.pad_id, self.tracer)
         answered: set[int] = set()
 
         def finished() -> Iterator[tuple[int, str | Answer]]:

@@ -21,6 +21,7 @@ from .answer import Answer
 from .attention import AttentionProbe
 from .config import ParallelCompConfig
 from .context_cache import CacheStore, ContextCache
+from .decode_step import resolve_step_kind
 from .decoding import Decoder
 from .device import model_device, reporting_memory_errors, start_measuring
 from .encoder import ChunkEncoder, PrefillCount
@@ -121,7 +122,10 @@ class Pipeline:
             model_key,
             tracer,
         )
-        decoder = Decoder(model, tokenizer, end_token_ids(model, tokenizer), pad_id, tracer)
+        calibrated = stages.calibrator is not None
+        step_kind = resolve_step_kind(config.decode_step, model_device(model), model, calibrated)
+        end_ids = end_token_ids(model, tokenizer)
+        decoder = Decoder(model, tokenizer, end_ids, pad_id, tracer, step_kind)
         return cls(
             model,
             stages,

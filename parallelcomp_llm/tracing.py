@@ -8,8 +8,10 @@ ends (a chunk batch that runs out of memory, then runs again with fewer chunks, 
 An observer that raises fails the request. Stages, in order:
 `chunk_prefill`, `question_pass`, `chunk_scoring`, `kv_selection` (per chunk batch and question),
 `chunk_eviction`, `merge` (per question), `final_pass` (with calibration), then per token
-`sampling` (ends once the tokens are on the host) and `decode_step`; a plain prompt (`complete`,
-`chat`) runs `prompt_prefill` instead of the stages before `sampling`.
+`sampling` (ends once the tokens are on the host) and `decode_step` (the first of which holds
+`decode_setup` on a static cache: the KV copied into it, and the CUDA graph captured for a new
+shape); a plain prompt (`complete`, `chat`) runs `prompt_prefill` instead of the stages before
+`sampling`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ STAGES = (
     "prompt_prefill",
     "sampling",
     "decode_step",
+    "decode_setup",
 )
 
 

@@ -71,3 +71,33 @@ def test_text_deltas_hold_back_partial_stop_and_incomplete_characters():
     first, second = tokenizer("é", add_special_tokens=False)["input_ids"]
     assert accented.push(first) == ""
     assert accented.push(second) == "é"
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_a_static_cache_decodes_the_tokens_of_the_growing_one(architecture):
+    settings = {"keep_chunks": 2, "kv_budget": 96}
+    grown = tiny_engine(architecture, decode_step="dynamic", **settings)
+    static = tiny_engine(architecture, decode_step="static", **settings)
+    questions = ["Which?", "A longer question, so that the rows are padded?", "Q3"]
+    calls = [
+        lambda e: [e.generate(DOCS, "Which?", max_new_tokens=40, ignore_eos=True)],
+        lambda e: [e.generate(DOCS, "Which?", max_new_tokens=40, temperature=0.9, seed=5)],
+        lambda e: e.generate_batch(DOCS, questions, max_new_tokens=25, ignore_eos=True),
+        lambda e: [e.complete("Once upon a time", max_new_tokens=20, ignore_eos=True)],
+    ]
+    for call in calls:
+        expected = [answer.token_ids for answer in call(grown)]
+        assert [answer.token_ids for answer in call(static)] == expected
+        assert all(expected)
+
+
+def test_decode_steps_that_cannot_run_are_refused():
+    from parallelcomp_llm import InvalidConfigError
+
+    with pytest.raises(InvalidConfigError, match="sliding-window"):
+        tiny_engine("mistral", decode_step="static")
+    with pytest.raises(InvalidConfigError, match="calibration"):
+        tiny_engine("llama", decode_step="static", calibration_layers=(0, 1))
+    with pytest.raises(InvalidConfigError, match="needs a CUDA device"):
+        tiny_engine("llama", decode_step="cuda_graph")
+    assert tiny_engine("mistral").generate(DOCS, "Which?", max_new_tokens=3).token_ids

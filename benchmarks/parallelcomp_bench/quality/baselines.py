@@ -11,6 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from parallelcomp_llm import DecodeSettings, InvalidInputError, ParallelCompEngine
+from parallelcomp_llm.decode_step import DynamicStep
 from parallelcomp_llm.decoding import DecodeRow, TokenSampler, decode_rows
 from parallelcomp_llm.device import peak_memory, start_measuring
 from parallelcomp_llm.kvcache import run_on_cache
@@ -89,7 +90,8 @@ def decode_greedily(
     greedy = TokenSampler(DecodeSettings(), engine.device)
     row = DecodeRow(greedy, max_new_tokens, next_position=kv_kept, end_ids=engine.eos_token_ids)
     # One row: a finished row ends decoding, so padding is never fed.
-    for _ in decode_rows(engine.model, cache, last_logits, [row], engine.pad_token_id):
+    step = DynamicStep(engine.model, cache, None, None)
+    for _ in decode_rows(step, last_logits, [row], engine.pad_token_id):
         pass
     return MethodOutput(
         text=engine.tokenizer.decode(row.produced, skip_special_tokens=True),
