@@ -1,5 +1,6 @@
-"""The baseline: plain transformers full attention over the whole prompt, then a greedy decode
-loop over a `DynamicCache` that takes each token to the host (as `generate` does); and the wall
+"""The baselines: plain transformers full attention over the whole prompt, then a greedy decode
+loop over a `DynamicCache` that takes each token to the host (as `generate` does); transformers'
+own `generate` with its static cache and compiled decoding step (the decode anchor); and the wall
 time of one eager decode step against its GPU kernel time."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import time
 
 import torch
 from transformers import DynamicCache
+from transformers.generation.streamers import BaseStreamer
 
 from parallelcomp_llm.device import device_work_done, start_measuring
 from parallelcomp_llm.kvcache import run_on_cache
@@ -63,6 +65,59 @@ def run_full(
         "peak_memory_bytes": peak,
         "prefill_flops": flops,
         "prefill_tflops": flops / spans["prefill"] / 1e12 if spans.get("prefill") else None,
+        "decode_mean_kv_entries": kv_entries,
+        "decode_bytes_per_token": facts["decode_weight_bytes"]
+        + kv_entries * facts["kv_bytes_per_token"],
+    }
+
+
+class _TokenClock(BaseStreamer):
+    """Host time at which `generate` hands out each new token (the prompt's ids come first)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.times.append(time.perf_counter())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+@torch.inference_mode()
+def run_static_generate(model, prompt_ids: list[int], new_tokens: int, facts: dict, device) -> dict:
+    """transformers' `generate(cache_implementation="static")` over `prompt_ids` (sdpa, greedy,
+    exactly `new_tokens` tokens): its decoding step is compiled (torch.compile, CUDA graphs) on
+    the first call of each shape, so a warm-up call must come first."""
+    model.set_attn_implementation("sdpa")
+    free_memory(device)
+    start_measuring(device)
+    clock = _TokenClock()
+    started = time.perf_counter()
+    output = model.generate(
+        torch.tensor([prompt_ids], dtype=torch.long, device=device),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        cache_implementation="static",
+        streamer=clock,
+        pad_token_id=0,
+    )
+    last = time.perf_counter()
+    produced = int(output.shape[1]) - len(prompt_ids)
+    first = clock.times[0]
+    kv_entries = len(prompt_ids) + new_tokens / 2
+    return {
+        "ttft_s": first - started,
+        "prefill_s": first - started,
+        "decode_s": last - first,
+        "new_tokens": produced,
+        "decode_tok_s": (produced - 1) / (last - first) if last > first else None,
+        "total_s": last - started,
+        "peak_memory_bytes": peak_bytes(device),
         "decode_mean_kv_entries": kv_entries,
         "decode_bytes_per_token": facts["decode_weight_bytes"]
         + kv_entries * facts["kv_bytes_per_token"],

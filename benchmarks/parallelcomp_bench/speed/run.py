@@ -47,7 +47,7 @@ from parallelcomp_llm.device import device_work_done
 from parallelcomp_llm.testing import text_of_tokens, tiny_tokenizer
 
 from ..records import provenance
-from .full_attention import decode_busy, run_full
+from .full_attention import decode_busy, run_full, run_static_generate
 from .measure import GIB, free_memory, measure_ceilings, oom_record, result_path
 from .shapes import MODELS, build_model, model_facts, parse_length, prefill_flops
 from .stage_timer import StageTimer
@@ -163,8 +163,11 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="parallelcomp,sdpa,flash_attention_2",
-        help="parallelcomp, parallelcomp-bsN (chunk_batch_size=N), sdpa, flash_attention_2",
+        help="parallelcomp, parallelcomp-bsN (chunk_batch_size=N), parallelcomp-dynamic / "
+        "-static (decode_step), sdpa, flash_attention_2, hf-static (transformers' generate with "
+        "its static cache: the decode anchor, over the last --anchor-tokens prompt tokens)",
     )
+    parser.add_argument("--anchor-tokens", type=int, default=3200)
     parser.add_argument(
         "--extra-at",
         default="",
@@ -233,10 +236,12 @@ def main() -> None:
     engine_configs = {}
     for method in methods + extra:
         if method.startswith("parallelcomp"):
-            size = re.fullmatch(r"parallelcomp(?:-bs(\d+))?", method)
+            size = re.fullmatch(r"parallelcomp(?:-bs(\d+))?(?:-(dynamic|static))?", method)
             if not size:
                 raise SystemExit(f"unknown method {method}")
             settings = {"chunk_batch_size": int(size.group(1))} if size.group(1) else {}
+            if size.group(2):
+                settings["decode_step"] = size.group(2)
             if args.tiny:
                 # small reserves; keep 1 chunk and 128 entries so that every stage runs
                 settings |= {
@@ -324,6 +329,14 @@ def main() -> None:
                     )
 
                 growth = 2.2
+            elif method == "hf-static":
+
+                def call(i, contexts=contexts):
+                    # The decode anchor: a prompt as long as ParallelComp's merged KV.
+                    prompt = full_prompt(contexts[i])[-args.anchor_tokens :]
+                    return run_static_generate(model, prompt, args.new_tokens, facts, device)
+
+                growth = 1.0
             else:
 
                 def call(i, method=method, contexts=contexts):
