@@ -33,8 +33,11 @@ class AnswerStats:
     encoded chunks were reused (then `chunks_prefilled` is 0). `batch_size` counts the questions
     answered in one batch with this one, itself included (the questions of one `generate_batch`,
     and other callers' questions over the same context); they share the chunk prefill, which the
-    first of them counts in `chunks_prefilled`. `peak_memory_bytes`: on CUDA the peak allocated
-    during the request's batch, on CPU the peak resident set size of the process so far.
+    first of them counts in `chunks_prefilled`. `reread` is True when the kept chunks were read
+    again as one prompt (`kept_chunks="reread"`): then `kv_entries_kept` counts the tokens read
+    again (prefix and kept chunks), and no entry was evicted. `peak_memory_bytes`: on CUDA the
+    peak allocated during the request's batch, on CPU the peak resident set size of the process
+    so far.
     """
 
     context_tokens: int = 0
@@ -45,6 +48,7 @@ class AnswerStats:
     batch_size: int = 1
     chunks_kept: int = 0
     kv_entries_kept: int = 0
+    reread: bool = False
     new_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0

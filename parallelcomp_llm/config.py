@@ -111,6 +111,15 @@ class ParallelCompConfig(CheckedModel):
         description="A KV entry is a bias token when the question's mean attention to it exceeds "
         "this multiple of the uniform share (1 / number of entries).",
     )
+    kept_chunks: Literal["merge", "reread"] = Field(
+        "merge",
+        description="How the answer reads the kept chunks. 'merge': their KV, each chunk's "
+        "positions from 0 and evicted to its share of `kv_budget`, concatenated (the paper's "
+        "ParallelComp). 'reread': when the kept chunks fit the trained window with the template, "
+        "the question and `max_new_tokens`, they are read again as one prompt in document "
+        "order, with plain attention and no eviction; otherwise merged. 'reread' cannot be "
+        "combined with calibration, which corrects merged KV.",
+    )
     dedupe_prefix: bool = Field(
         True,
         description="Keep the prompt prefix (BOS, system prompt, user header) of one kept chunk "

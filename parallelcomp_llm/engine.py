@@ -35,6 +35,7 @@ from .models import (
 from .pipeline import Pipeline
 from .prompt import PromptBuilder
 from .requests import PromptRequest, Request
+from .reread import Reread
 from .scheduler import Job, Scheduler
 from .stages import BudgetPolicy, Calibrator, ChunkScorer, KVSelector, Stages
 from .streams import AnswerStream
@@ -72,7 +73,7 @@ class ParallelCompEngine:
             config, scorer=scorer, selector=selector, budget=budget, calibrator=calibrator
         )
         kernel = resolve_kernel(config.attn_implementation, self.device)
-        check_calibrator(stages.calibrator, model.config, kernel)
+        check_calibrator(stages.calibrator, model.config, kernel, config.kept_chunks)
         use_hooked_attention(model, kernel)
         self.native_window: int = int(model.config.max_position_embeddings)
         """The model's trained context window, in tokens."""
@@ -110,6 +111,9 @@ class ParallelCompEngine:
             self._store,
             self.model_key,
             StageTracer(observer),
+            Reread(self.native_window, self.chunk_plan.separator_ids)
+            if config.kept_chunks == "reread"
+            else None,
         )
         self._scheduler = Scheduler(config.max_waiting_requests, config.max_batch_requests)
 

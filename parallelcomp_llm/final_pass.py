@@ -4,6 +4,7 @@ plain prompt's pass of `complete` and `chat`).
 Each row is `[padding][merged KV of its request][padding][question]`: caches of different sizes
 and questions of different lengths are left-padded and masked, and every question starts right
 after its own longest kept chunk, so question and answer positions stay inside the trained window.
+A row without merged KV (kept chunks read again, `reread`) is a whole prompt from position 0.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from .stages.calibration import Calibrator
 
 @dataclass
 class FinalRow:
-    """One request's input to the final pass."""
+    """One request's input to the final pass: its merged KV (None for none) and the tokens
+    that follow it from position `start`."""
 
-    merged: MergedKV
+    merged: MergedKV | None
     question_ids: list[int]
     start: int
 
@@ -51,11 +53,18 @@ def _left_pad(tensor: torch.Tensor, width: int, value: float = 0) -> torch.Tenso
     return torch.cat([tensor.new_full((*tensor.shape[:-1], padding), value), tensor], dim=-1)
 
 
-def _batched(parts: list[torch.Tensor], width: int) -> torch.Tensor:
-    """One layer's KV of every row, left-padded to `width` entries (a single row as it is)."""
-    if len(parts) == 1:
+def _entries(row: FinalRow) -> int:
+    return row.merged.entries if row.merged is not None else 0
+
+
+def _batched(parts: list[torch.Tensor | None], width: int) -> torch.Tensor:
+    """One layer's KV of every row, left-padded to `width` entries (a single row as it is; None
+    for a row without merged KV)."""
+    if len(parts) == 1 and parts[0] is not None:
         return parts[0]
-    return torch.cat([_left_pad(part, width) for part in parts])
+    reference = next(part for part in parts if part is not None)
+    empty = reference[..., :0, :]
+    return torch.cat([_left_pad(empty if part is None else part, width) for part in parts])
 
 
 @torch.inference_mode()
@@ -69,19 +78,22 @@ def run_final_pass(
     when there is one; return the decoding state.
 
     The rows' merged KV is handed over layer by layer into the batch (`MergedKV.hand_over`),
-    and the cache alone then holds it, so that the batch's KV is never in memory twice.
+    and the cache alone then holds it, so that the batch's KV is never in memory twice. Rows
+    without merged KV are padding there; when no row has any, the cache starts empty. The
+    calibrator needs every row merged.
     """
-    device = rows[0].merged.keys[0].device
-    width = max(row.merged.entries for row in rows)
+    device = model_device(model)
+    width = max(_entries(row) for row in rows)
     q_width = max(len(row.question_ids) for row in rows)
+    merged = [row.merged for row in rows if row.merged is not None]
     keys, values = [], []
-    for layer in range(len(rows[0].merged.keys)):
-        handed = [row.merged.hand_over(layer) for row in rows]
+    for layer in range(len(merged[0].keys) if merged else 0):
+        handed = [row.merged.hand_over(layer) if row.merged else (None, None) for row in rows]
         keys.append(_batched([layer_keys for layer_keys, _ in handed], width))
         values.append(_batched([layer_values for _, layer_values in handed], width))
         del handed
-    cache = cache_from_tensors(keys, values)
-    del keys, values
+    cache = cache_from_tensors(keys, values) if merged else DynamicCache()
+    del keys, values, merged
     probe = None
     if calibrator is not None:
         calibration = Calibration(calibrator)
@@ -101,8 +113,8 @@ def run_final_pass(
             [row.start] * missing + list(range(row.start, row.start + len(row.question_ids)))
         )
         masks.append(
-            [0] * (width - row.merged.entries)
-            + [1] * row.merged.entries
+            [0] * (width - _entries(row))
+            + [1] * _entries(row)
             + [0] * missing
             + [1] * len(row.question_ids)
         )

@@ -128,10 +128,16 @@ def load_model_and_tokenizer(
     return model.to(device).eval(), tokenizer
 
 
-def check_calibrator(calibrator: Calibrator | None, config, kernel: str) -> None:
-    """Refuse a calibrator the model cannot run: it needs the SDPA kernel and existing layers."""
+def check_calibrator(calibrator: Calibrator | None, config, kernel: str, kept_chunks: str) -> None:
+    """Refuse a calibrator the model cannot run: it needs the SDPA kernel and existing layers,
+    and merged KV to correct (not `kept_chunks="reread"`)."""
     if calibrator is None:
         return
+    if kept_chunks == "reread":
+        raise InvalidConfigError(
+            "calibration corrects merged KV and kept_chunks='reread' reads the kept chunks "
+            "again instead: set kept_chunks='merge' to calibrate, or switch calibration off"
+        )
     if kernel != "sdpa":
         raise InvalidConfigError("attention-bias calibration needs attn_implementation='sdpa'")
     layers = config.num_hidden_layers

@@ -4,9 +4,11 @@
 (positions restarting in every chunk); after each batch of chunks, each question runs over them
 once (the question pass), its scorer rates every chunk and its selector picks the KV entries each
 chunk keeps; then each question keeps its most relevant chunks, merges their KV, runs once more
-over the merged KV (with attention-bias calibration) and decodes. The stages are the objects of
-`parallelcomp_llm.stages`; every stage runs inside a traced span (`tracing`), and a
-`StatsRecorder` per question fills its `AnswerStats`.
+over the merged KV (with attention-bias calibration) and decodes. With `kept_chunks="reread"`,
+a question whose kept chunks fit the trained window reads them again as one prompt instead of
+merging their KV (`reread`), and no chunk's KV is kept for it when any choice would fit. The
+stages are the objects of `parallelcomp_llm.stages`; every stage runs inside a traced span
+(`tracing`), and a `StatsRecorder` per question fills its `AnswerStats`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .merging import StoredChunk, merge_chunks, store_chunk
 from .models import checked_between_layers, end_token_ids, pad_token_id, use_hooked_attention
 from .prefill import EncodedBatch, question_pass
 from .requests import Encoding, PromptRequest, Request
+from .reread import Reread
 from .scheduler import BatchControl
 from .stages import BudgetSplit, ChunkEntries, QuestionEvidence, Stages, WindowAttention
 from .stages.contract import checked_picks, checked_relevance, checked_shares, checked_split
@@ -50,11 +53,12 @@ def most_relevant(relevance: list[float], keep: int) -> list[int]:
 class Selection:
     """One question's reading of the context, batch after batch: each chunk's relevance (scored
     whenever there is more than one chunk, for attribution) and, by chunk index, the KV after KV
-    eviction of the chunks it may still keep."""
+    eviction of the chunks it may still keep (when `store`: the question may merge them)."""
 
     score: bool
     rank: bool
     evict: bool
+    store: bool
     relevance: list[float] = field(default_factory=list)
     stored: dict[int, StoredChunk] = field(default_factory=dict)
 
@@ -68,13 +72,13 @@ class Selection:
             self.stored = {index: chunk for index, chunk in self.stored.items() if index in best}
 
     @classmethod
-    def under(cls, split: BudgetSplit, encoding: Encoding) -> Selection:
+    def under(cls, split: BudgetSplit, encoding: Encoding, store: bool) -> Selection:
         """What the budget asks of the context: rank its chunks when not all are kept, evict KV
-        when a chunk is longer than its share."""
+        when a chunk is longer than its share and its KV is stored."""
         chunks, budget = encoding.chunks, split.entries_per_chunk
-        evict = budget is not None and any(len(chunk) > budget for chunk in chunks)
+        long_chunk = budget is not None and any(len(chunk) > budget for chunk in chunks)
         rank = split.keep_chunks < len(chunks)
-        return cls(score=len(chunks) > 1, rank=rank, evict=evict)
+        return cls(score=len(chunks) > 1, rank=rank, evict=store and long_chunk, store=store)
 
 
 class Pipeline:
@@ -90,6 +94,7 @@ class Pipeline:
         pad_id: int,
         dedupe_prefix: bool,
         kernel: str,
+        reread: Reread | None,
     ) -> None:
         self.model = model
         self.stages = stages
@@ -99,6 +104,7 @@ class Pipeline:
         self.pad_id = pad_id
         self.dedupe_prefix = dedupe_prefix
         self.kernel = kernel
+        self.reread = reread
 
     @classmethod
     def build(
@@ -110,8 +116,10 @@ class Pipeline:
         store: CacheStore,
         model_key: str,
         tracer: StageTracer,
+        reread: Reread | None,
     ) -> Pipeline:
-        """The pipeline of an engine: its chunk encoder over `store`, and its decoder."""
+        """The pipeline of an engine: its chunk encoder over `store`, its decoder, and how it
+        reads kept chunks again (None: it always merges them)."""
         pad_id = pad_token_id(tokenizer)
         encoder = ChunkEncoder(
             model,
@@ -135,6 +143,7 @@ class Pipeline:
             pad_id,
             config.dedupe_prefix,
             config.attn_implementation,
+            reread,
         )
 
     def answer(self, requests: list[Request], control: BatchControl) -> Events:
@@ -149,7 +158,10 @@ class Pipeline:
             recorders = self.recorders(encoding, len(requests), device)
             budget, chunks = self.stages.budget, len(encoding.chunks)
             split = checked_split(budget, budget.split(chunks), chunks)
-            selections = [Selection.under(split, encoding) for _ in requests]
+            selections = [
+                Selection.under(split, encoding, self.may_merge(request, split))
+                for request in requests
+            ]
             count = PrefillCount()
             progress = any(request.progress for request in requests)
             with checked_between_layers(self.model, control.check):
@@ -158,8 +170,9 @@ class Pipeline:
                         evidence = self.question_pass(batch, encoding, request, selection)
                         if selection.score:
                             selection.relevance += self.score(evidence)
-                        stored = self.select_kv(batch, encoding, evidence, split)
-                        selection.add(stored, split.keep_chunks)
+                        if selection.store:
+                            stored = self.select_kv(batch, encoding, evidence, split)
+                            selection.add(stored, split.keep_chunks)
                         del evidence  # its logits: one question's at a time
                     del batch
                 rows = []
@@ -168,13 +181,28 @@ class Pipeline:
                 ):
                     recorders[number].prefilled(count.cache_hit, count.chunks if number == 0 else 0)
                     kept = self.keep_chunks(selection, split, encoding, request, recorders[number])
-                    rows.append(self.merge(selection, kept, encoding, request, recorders[number]))
+                    if self.rereads(kept, request):
+                        rows.append(self.read_again(kept, request, recorders[number]))
+                    else:
+                        rows.append(
+                            self.merge(selection, kept, encoding, request, recorders[number])
+                        )
                 del selections
                 with self.tracer.span("final_pass"):
                     state = run_final_pass(self.model, rows, self.pad_id, self.stages.calibrator)
                 del rows
             settings = [request.settings for request in requests]
             yield from self.decoder.answers(state, settings, recorders, control)
+
+    def may_merge(self, request: Request, split: BudgetSplit) -> bool:
+        """Whether the request may merge the KV of its kept chunks (so that it is stored): not
+        when it reads them again whatever chunks it keeps."""
+        return self.reread is None or not self.reread.fits_any_choice(split.keep_chunks, request)
+
+    def rereads(self, kept: list[int], request: Request) -> bool:
+        """Whether the request reads its kept chunks again rather than merging them."""
+        chunks = request.encoding.chunks
+        return self.reread is not None and self.reread.fits([len(chunks[i]) for i in kept], request)
 
     def recorders(
         self, encoding: Encoding, questions: int, device: torch.device
@@ -304,6 +332,15 @@ class Pipeline:
         recorder.merged(merged.entries, len(request.question_ids))
         start = len(encoding.prefix_ids) + max(len(encoding.chunks[i]) for i in kept)
         return FinalRow(merged, request.question_ids, start)
+
+    def read_again(self, kept: list[int], request: Request, recorder: StatsRecorder) -> FinalRow:
+        """The kept chunks as one prompt, in document order, with the question (`reread`)."""
+        with self.tracer.span("reread"):
+            row = self.reread.row(kept, request)
+        recorder.reread(
+            len(row.question_ids) - len(request.question_ids), len(request.question_ids)
+        )
+        return row
 
     def encode(
         self, encoding: Encoding, progress: bool, control: BatchControl

@@ -53,6 +53,13 @@ class StatsRecorder:
         self.stats.kv_entries_kept = kv_entries
         self.stats.prompt_tokens = kv_entries + question_tokens
 
+    def reread(self, context_tokens: int, question_tokens: int) -> None:
+        """The answer is decoded over `context_tokens` of prefix and kept chunks, read again as
+        one prompt, and the question block."""
+        self.stats.reread = True
+        self.stats.kv_entries_kept = context_tokens
+        self.stats.prompt_tokens = context_tokens + question_tokens
+
     def decoding(self, at: float) -> None:
         """Everything before decoding had run on the device at `at` (`device_work_done`)."""
         self.decoding_from = at

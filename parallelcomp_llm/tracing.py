@@ -7,8 +7,8 @@ still run after "end": time it with CUDA events, as `benchmarks` does). A stage 
 ends (a chunk batch that runs out of memory, then runs again with fewer chunks, is two spans).
 An observer that raises fails the request. Stages, in order:
 `chunk_prefill`, `question_pass`, `chunk_scoring`, `kv_selection` (per chunk batch and question),
-`chunk_eviction`, `merge` (per question), `final_pass` (with calibration), then per token
-`sampling` (ends once the tokens are on the host) and `decode_step` (the first of which holds
+`chunk_eviction`, `merge` or `reread` (per question), `final_pass` (with calibration), then per
+token `sampling` (ends once the tokens are on the host) and `decode_step` (the first of which holds
 `decode_setup` on a static cache: the KV copied into it, and the CUDA graph captured for a new
 shape); a plain prompt (`complete`, `chat`) runs `prompt_prefill` instead of the stages before
 `sampling`.
@@ -32,6 +32,7 @@ STAGES = (
     "kv_selection",
     "chunk_eviction",
     "merge",
+    "reread",
     "final_pass",
     "prompt_prefill",
     "sampling",

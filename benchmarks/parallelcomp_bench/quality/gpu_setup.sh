@@ -3,8 +3,10 @@
 # first use (the default model's GGUF, RULER's data, the word lists) are carried in by hand and
 # put where `parallelcomp_llm.default_model` and `parallelcomp_bench.quality.data` look; both still check
 # every sha256 before use. The GGUF (98 MB) travels in two parts because one transfer to the
-# machine we use is capped at 64 MiB: `gpu_setup.sh keep-first-part` stores part A, a second call
-# with part B assembles it. Source it so the exports stay:
+# machine we use is capped at 64 MiB, the tree (about 7 MB) included: `gpu_setup.sh
+# keep-first-part` stores part A (the GGUF's first 55 MiB), a second call with part B, the data and
+# the wheels that machine lacks (pydantic and its dependencies, platformdirs, gguf) assembles it.
+# Source it so the exports stay:
 #   source benchmarks/parallelcomp_bench/quality/gpu_setup.sh keep-first-part   # carried: .carry_a
 #   source benchmarks/parallelcomp_bench/quality/gpu_setup.sh                   # carried: .carry_b, .whl
 set -e
