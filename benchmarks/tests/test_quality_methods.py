@@ -79,6 +79,7 @@ def test_names_in_order_and_unknown_name_refused(model_dir):
     assert METHOD_NAMES == (
         "parallelcomp",
         "parallelcomp-noevict",
+        "parallelcomp-reread",
         "full",
         "truncate-middle",
         "rope-linear",
@@ -120,10 +121,10 @@ def test_every_method_agrees_when_the_prompt_fits(methods):
         assert output.prompt_tokens == prompt_tokens, name
         assert output.prefill_seconds > 0, name
         assert output.peak_memory_bytes > 0, name
-    for name in ("parallelcomp", "parallelcomp-noevict"):
+    for name in ("parallelcomp", "parallelcomp-noevict", "parallelcomp-reread"):
         assert (outputs[name].chunks_kept, outputs[name].chunks_total) == (1, 1)
         assert outputs[name].kv_kept == prompt_tokens - question_tokens
-    for name in METHOD_NAMES[2:]:
+    for name in METHOD_NAMES[3:]:
         assert fed[name][:prompt_tokens] == prompt_ids(methods[name], item), name
         assert outputs[name].chunks_kept is outputs[name].chunks_total is None
         assert outputs[name].kv_kept == prompt_tokens, name

@@ -27,6 +27,8 @@ _NO_EVICTION = {
     "kv_budget": None,
     "calibration_layers": None,
 }
+# the best-scored chunk read again as one ordinary prompt (`kept_chunks="reread"`)
+_REREAD_BEST = {"kept_chunks": "reread", "keep_chunks": 1}
 
 
 class EngineMethod:
@@ -59,6 +61,7 @@ _Build = Callable[[str, ParallelCompEngine], Method]
 _METHODS: dict[str, tuple[dict[str, Any], _Build]] = {
     "parallelcomp": ({}, EngineMethod),
     "parallelcomp-noevict": (_NO_EVICTION, EngineMethod),
+    "parallelcomp-reread": (_REREAD_BEST, EngineMethod),
     "full": ({}, FullPromptMethod),
     "truncate-middle": ({}, partial(FullPromptMethod, truncate=True)),
     "rope-linear": ({}, partial(FullPromptMethod, rope_type="linear")),
