@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field, field_validator
 from .chunking import MIN_CHUNK_TOKENS
 from .errors import CheckedModel
 from .stages.base import Stage
-from .stages.budget import EvenBudget, KeepChunks, KVBudget
+from .stages.budget import EvenBudget, KeepChunks, KVBudget, RelativeShare
 from .stages.calibration import BiasCalibrator, BiasThreshold, LayerRange, Region, RegionTokens
 from .stages.scoring import SCORERS
 from .stages.selection import SELECTORS, ObservationWindow, PoolingKernel, SnapKVSelector
@@ -65,6 +65,14 @@ class ParallelCompConfig(CheckedModel):
         _stage_default(EvenBudget, "keep_chunks"),
         description="Chunks kept after scoring: a count (int >= 1) or a fraction of all chunks "
         "(float in (0, 1]).",
+    )
+    keep_relative_share: RelativeShare = Field(
+        _stage_default(EvenBudget, "keep_relative_share"),
+        description="When set (0 to 1), a kept chunk after the best needs at least this fraction "
+        "of the best chunk's relevance share (the attribution `AnswerStats` reports), so that "
+        "fewer than `keep_chunks` may survive: one when the question's evidence stands out in "
+        "one chunk, more when it is spread. None always keeps `keep_chunks`. When fewer "
+        "survive, merged KV keeps each its share of `kv_budget` for `keep_chunks` chunks.",
     )
     chunk_scoring: str = Field(
         "nll",

@@ -35,7 +35,13 @@ from .requests import Encoding, PromptRequest, Request
 from .reread import Reread
 from .scheduler import BatchControl
 from .stages import BudgetSplit, ChunkEntries, QuestionEvidence, Stages, WindowAttention
-from .stages.contract import checked_picks, checked_relevance, checked_shares, checked_split
+from .stages.contract import (
+    checked_picks,
+    checked_relevance,
+    checked_shares,
+    checked_split,
+    checked_surviving,
+)
 from .stats import StatsRecorder
 from .tracing import StageTracer
 
@@ -296,19 +302,22 @@ class Pipeline:
         request: Request,
         recorder: StatsRecorder,
     ) -> list[int]:
-        """The indices of the chunks that survive, in context order: the most relevant ones."""
-        chunks, scorer = encoding.chunks, self.stages.scorer
-        with self.tracer.span("chunk_eviction"):
-            if selection.rank:
-                kept = most_relevant(selection.relevance, split.keep_chunks)
-            else:
-                kept = list(range(len(chunks)))
+        """The indices of the chunks that survive, in context order: the most relevant ones, as
+        many as the budget policy lets survive."""
+        chunks, scorer, budget = encoding.chunks, self.stages.scorer, self.stages.budget
+        shares = [1.0]
         if selection.score:
             shares = scorer.shares(selection.relevance, len(request.question_ids))
             shares = checked_shares(scorer, shares, len(chunks))
-            recorder.selected(chunks, kept, shares, scorer.name or type(scorer).__name__)
-        else:
-            recorder.selected(chunks, kept, [1.0], None)
+        with self.tracer.span("chunk_eviction"):
+            if selection.score:
+                surviving = budget.surviving(shares, split.keep_chunks)
+                surviving = checked_surviving(budget, surviving, split.keep_chunks)
+                kept = most_relevant(selection.relevance, surviving)
+            else:
+                kept = [0]
+        name = (scorer.name or type(scorer).__name__) if selection.score else None
+        recorder.selected(chunks, kept, shares, name)
         return kept
 
     def merge(

@@ -60,6 +60,31 @@ def test_budget_split_by_count_fraction_and_none():
     assert EvenBudget(keep_chunks=0.01, kv_budget=10).split(10).keep_chunks == 1
 
 
+def test_a_relative_share_floor_cuts_the_kept_chunks():
+    floored = EvenBudget(keep_chunks=3, keep_relative_share=0.25)
+    assert floored.surviving([0.05, 0.7, 0.05, 0.2], 3) == 2
+    assert floored.surviving([0.25, 0.25, 0.25, 0.25], 3) == 3
+    assert floored.surviving([0.9, 0.1], 2) == 1
+    assert EvenBudget(keep_chunks=3).surviving([0.05, 0.7, 0.05, 0.2], 3) == 3
+    with pytest.raises(ValueError, match="keep_relative_share"):
+        EvenBudget(keep_relative_share=0.0)
+
+
+@pytest.mark.parametrize("floor", [None, 1e-12, 1.0])
+def test_the_floor_keeps_the_best_chunks_it_lets_through(floor):
+    docs = [text_of_tokens(300, seed=i) for i in range(5)]
+    engine = tiny_engine("llama", keep_chunks=3, kv_budget=96, keep_relative_share=floor)
+    answer = engine.generate(docs, "Which one?", max_new_tokens=4)
+    shares = [c.relevance for c in answer.stats.chunks]
+    best = sorted(range(5), key=lambda i: -shares[i])
+    through = [i for i in best[:3] if floor is None or shares[i] >= floor * shares[best[0]]]
+    kept = [i for i, c in enumerate(answer.stats.chunks) if c.kept]
+    assert kept == sorted(through) and answer.stats.chunks_kept == len(through)
+    assert len(kept) == {None: 3, 1e-12: 3, 1.0: 1}[floor]
+    alone = tiny_engine("llama", keep_chunks=len(kept), kv_budget=96 * len(kept) // 3)
+    assert alone.generate(docs, "Which one?", max_new_tokens=4).token_ids == answer.token_ids
+
+
 def test_most_relevant_chunks_are_kept():
     engine = tiny_engine("llama", keep_chunks=2, kv_budget=128)
     answer = engine.generate(

@@ -182,12 +182,18 @@ class BrokenBudget(EvenBudget):
         return BudgetSplit(keep_chunks=chunks + 1, entries_per_chunk=10)
 
 
+class BrokenSurvivors(EvenBudget):
+    def surviving(self, shares, keep):
+        return 0
+
+
 @pytest.mark.parametrize(
     "stage, method",
     [
         ({"scorer": BrokenScorer()}, "BrokenScorer.score"),
         ({"selector": BrokenSelector()}, "BrokenSelector.select"),
         ({"budget": BrokenBudget()}, "BrokenBudget.split"),
+        ({"budget": BrokenSurvivors()}, "BrokenSurvivors.surviving"),
     ],
 )
 def test_a_stage_that_breaks_its_contract_is_named(stage, method):

@@ -62,6 +62,15 @@ def checked_split(policy: Stage, split: object, chunks: int) -> BudgetSplit:
     return split
 
 
+def checked_surviving(policy: Stage, surviving: object, keep: int) -> int:
+    """The number of chunks a budget policy let survive out of `keep`: an int from 1 to `keep`."""
+    if isinstance(surviving, bool) or not isinstance(surviving, int) or not 1 <= surviving <= keep:
+        raise StageError(
+            f"{_name(policy)}.surviving must return an int from 1 to {keep}, got {surviving!r}"
+        )
+    return surviving
+
+
 def checked_shares(scorer: Stage, shares: object, chunks: int) -> list[float]:
     """The shares a scorer made of `chunks` relevances: that many floats from 0 to 1 that sum
     to 1."""
