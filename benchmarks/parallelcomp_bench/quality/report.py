@@ -119,9 +119,9 @@ def markdown(by_suite: dict[str, list[dict]]) -> str:
         "",
         (
             f"Model: {', '.join(models)}. Hardware: {', '.join(hardware)}. "
-            f"{len(everything)} answers. Made by `python -m parallelcomp_bench.quality.report` from the "
-            "`quality_*.jsonl` files beside this one; the commands are in "
-            "`benchmarks/quality/README.md` and the project README."
+            f"{len(everything)} answers. Made by `python -m parallelcomp_bench.quality.report` "
+            "from the `quality_*.jsonl` files beside this one; the commands are in "
+            "`benchmarks/parallelcomp_bench/quality/README.md` and the project README."
         ),
         "Cells: mean score in percent (items in brackets).",
     ]

@@ -2,15 +2,18 @@
 record per (item, method) appended to a JSON-lines file under `benchmarks/results/`.
 
     python -m parallelcomp_bench.quality.run --suite passkey --lengths 4096 8192 16384 --depths 11
-    python -m parallelcomp_bench.quality.run --suite ruler --lengths 4096 16384 --items 10 --workers 4 \\
-        --build-processes 8
+    python -m parallelcomp_bench.quality.run --suite ruler --lengths 4096 16384 --items 10 \\
+        --workers 4 --build-processes 8
     python -m parallelcomp_bench.quality.run --suite needle --lengths 4096 32768 --depths 11 \\
         --methods parallelcomp full
+    python -m parallelcomp_bench.quality.run --suite passkey --lengths 32768 \\
+        --model qwen2.5-coder-0.5b
 
 Items go item by item, every method on each, in rounds (item 0 of every task and length, then
 item 1, ...), so a run stopped early (`--time-budget`, or interrupted) still compares the
 methods on identical items at every length. Rerunning the same command resumes: results already
-in the file are skipped, and only the items still to answer are built. `python -m parallelcomp_bench.quality.report` makes the tables and plots.
+in the file are skipped, and only the items still to answer are built.
+`python -m parallelcomp_bench.quality.report` makes the tables and plots.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import RESULTS_DIR
+from .eval_models import EVAL_MODELS, model_folder
 from .items import Item
 from .methods import METHOD_NAMES, parse_method
 from .results import append_record, done_keys, item_key, record_key
@@ -49,7 +53,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", default=None, help="RULER tasks (default: all 13)")
     parser.add_argument("--depths", type=int, default=11, help="needle depths, 0%% to 100%%")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default=None, help="model folder (default: SmolLM2-135M)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"one of {', '.join(EVAL_MODELS)} (default: smollm2-135m, the default model), or a "
+        "model folder",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the device")
     parser.add_argument(
@@ -142,9 +151,7 @@ def unanswered(groups: list[ItemGroup], methods: list[str], done: set[str]) -> l
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
-    from parallelcomp_llm.default_model import default_model_path
-
-    model = Path(args.model) if args.model else default_model_path()
+    model = model_folder(args.model)
     started = time.monotonic()
     deadline = None if args.time_budget is None else started + args.time_budget
     results = args.results or RESULTS_DIR / f"quality_{args.suite}.jsonl"
