@@ -61,10 +61,11 @@ class ParallelCompConfig(CheckedModel):
     chunk_batch_size: int | None = Field(
         None, ge=1, description="Chunks per forward pass. Default: chosen from free memory."
     )
-    keep_chunks: KeepChunks = Field(
-        _stage_default(EvenBudget, "keep_chunks"),
+    keep_chunks: KeepChunks | None = Field(
+        None,
         description="Chunks kept after scoring: a count (int >= 1) or a fraction of all chunks "
-        "(float in (0, 1]).",
+        "(float in (0, 1]). Default: 1 when the kept chunks are read again (`kept_chunks`), "
+        f"{_stage_default(EvenBudget, 'keep_chunks')} when they are merged.",
     )
     keep_relative_share: RelativeShare = Field(
         _stage_default(EvenBudget, "keep_relative_share"),
@@ -119,9 +120,11 @@ class ParallelCompConfig(CheckedModel):
         description="A KV entry is a bias token when the question's mean attention to it exceeds "
         "this multiple of the uniform share (1 / number of entries).",
     )
-    kept_chunks: Literal["merge", "reread"] = Field(
-        "merge",
-        description="How the answer reads the kept chunks. 'merge': their KV, each chunk's "
+    kept_chunks: Literal["merge", "reread"] | None = Field(
+        None,
+        description="How the answer reads the kept chunks. Default: 'reread', or 'merge' when "
+        "calibration is on (`calibration_layers`, or a calibrator given to the engine). 'merge': "
+        "their KV, each chunk's "
         "positions from 0 and evicted to its share of `kv_budget`, concatenated (the paper's "
         "ParallelComp). 'reread': when the kept chunks fit the trained window with the template, "
         "the question and `max_new_tokens`, they are read again as one prompt in document "
@@ -197,6 +200,15 @@ class ParallelCompConfig(CheckedModel):
     document_separator: str = Field(
         "\n\n", description="Text put between documents packed into one chunk."
     )
+
+    def with_reading_resolved(self, calibrated: bool) -> ParallelCompConfig:
+        """This config with `kept_chunks` and `keep_chunks` filled in where left as None, for an
+        engine that calibrates merged KV (`calibrated`) or not."""
+        kept = self.kept_chunks or ("merge" if calibrated else "reread")
+        keep = self.keep_chunks
+        if keep is None:
+            keep = 1 if kept == "reread" else _stage_default(EvenBudget, "keep_chunks")
+        return self.model_copy(update={"kept_chunks": kept, "keep_chunks": keep})
 
     @field_validator("chunk_scoring")
     @classmethod

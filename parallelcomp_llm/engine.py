@@ -65,6 +65,8 @@ class ParallelCompEngine:
         observer: StageObserver | None = None,
     ) -> None:
         config = config or ParallelCompConfig()
+        calibrated = calibrator is not None or config.calibration_layers is not None
+        config = config.with_reading_resolved(calibrated)
         check_supported(model.config)
         self.model = model.eval()
         self.tokenizer = tokenizer

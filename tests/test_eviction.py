@@ -1,5 +1,5 @@
 """Chunk eviction keeps the configured count, the most relevant chunks; KV eviction keeps exactly
-the configured budget, shared by the kept chunks."""
+the configured budget, shared by the kept chunks (their KV merged, `kept_chunks="merge"`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from parallelcomp_llm.testing import text_of_tokens, tiny_engine
 
 @pytest.mark.parametrize("keep, budget", [(1, 16), (2, 40), (3, 100)])
 def test_kept_kv_is_prefix_plus_budget_per_kept_chunk(keep, budget):
-    engine = tiny_engine("mistral", keep_chunks=keep, kv_budget=keep * budget)
+    engine = tiny_engine("mistral", kept_chunks="merge", keep_chunks=keep, kv_budget=keep * budget)
     docs = [text_of_tokens(300, seed=i) for i in range(5)]
     answer = engine.generate(docs, "Which one?", max_new_tokens=4)
     prefix = len(engine.prompts.prefix_ids)
@@ -23,7 +23,7 @@ def test_kept_kv_is_prefix_plus_budget_per_kept_chunk(keep, budget):
 
 @pytest.mark.parametrize("documents", [1, 2, 5])
 def test_kept_chunks_share_the_budget(documents):
-    engine = tiny_engine("mistral", keep_chunks=3, kv_budget=120)
+    engine = tiny_engine("mistral", kept_chunks="merge", keep_chunks=3, kv_budget=120)
     docs = [text_of_tokens(300, seed=i) for i in range(documents)]
     answer = engine.generate(docs, "Which one?", max_new_tokens=4)
     assert answer.stats.chunks_total == documents
@@ -37,7 +37,7 @@ def test_kept_chunks_share_the_budget(documents):
 
 
 def test_fraction_and_no_eviction():
-    engine = tiny_engine("qwen2", keep_chunks=0.5, kv_budget=None)
+    engine = tiny_engine("qwen2", kept_chunks="merge", keep_chunks=0.5, kv_budget=None)
     docs = [text_of_tokens(300, seed=i) for i in range(6)]
     answer = engine.generate(docs, "Which one?", max_new_tokens=4)
     assert answer.stats.chunks_kept == 3
@@ -46,7 +46,9 @@ def test_fraction_and_no_eviction():
 
 
 def test_without_prefix_dedup_each_kept_chunk_brings_its_prefix():
-    engine = tiny_engine("llama", keep_chunks=2, kv_budget=100, dedupe_prefix=False)
+    engine = tiny_engine(
+        "llama", kept_chunks="merge", keep_chunks=2, kv_budget=100, dedupe_prefix=False
+    )
     answer = engine.generate(
         [text_of_tokens(300, seed=i) for i in range(4)], "Q?", max_new_tokens=2
     )
@@ -73,7 +75,9 @@ def test_a_relative_share_floor_cuts_the_kept_chunks():
 @pytest.mark.parametrize("floor", [None, 1e-12, 1.0])
 def test_the_floor_keeps_the_best_chunks_it_lets_through(floor):
     docs = [text_of_tokens(300, seed=i) for i in range(5)]
-    engine = tiny_engine("llama", keep_chunks=3, kv_budget=96, keep_relative_share=floor)
+    engine = tiny_engine(
+        "llama", kept_chunks="merge", keep_chunks=3, kv_budget=96, keep_relative_share=floor
+    )
     answer = engine.generate(docs, "Which one?", max_new_tokens=4)
     shares = [c.relevance for c in answer.stats.chunks]
     best = sorted(range(5), key=lambda i: -shares[i])
@@ -81,12 +85,14 @@ def test_the_floor_keeps_the_best_chunks_it_lets_through(floor):
     kept = [i for i, c in enumerate(answer.stats.chunks) if c.kept]
     assert kept == sorted(through) and answer.stats.chunks_kept == len(through)
     assert len(kept) == {None: 3, 1e-12: 3, 1.0: 1}[floor]
-    alone = tiny_engine("llama", keep_chunks=len(kept), kv_budget=96 * len(kept) // 3)
+    alone = tiny_engine(
+        "llama", kept_chunks="merge", keep_chunks=len(kept), kv_budget=96 * len(kept) // 3
+    )
     assert alone.generate(docs, "Which one?", max_new_tokens=4).token_ids == answer.token_ids
 
 
 def test_most_relevant_chunks_are_kept():
-    engine = tiny_engine("llama", keep_chunks=2, kv_budget=128)
+    engine = tiny_engine("llama", kept_chunks="merge", keep_chunks=2, kv_budget=128)
     answer = engine.generate(
         [text_of_tokens(300, seed=i) for i in range(5)], "Which one?", max_new_tokens=2
     )
@@ -109,7 +115,9 @@ def test_token_selection_follows_pooled_scores():
 
 
 def test_attention_scoring_ranks_and_keeps():
-    engine = tiny_engine("llama", keep_chunks=2, chunk_scoring="attention", kv_budget=128)
+    engine = tiny_engine(
+        "llama", kept_chunks="merge", keep_chunks=2, chunk_scoring="attention", kv_budget=128
+    )
     answer = engine.generate(
         [text_of_tokens(300, seed=i) for i in range(4)], "Q?", max_new_tokens=2
     )

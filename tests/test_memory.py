@@ -27,7 +27,7 @@ model = LlamaForCausalLM(LlamaConfig(
     bos_token_id=256, eos_token_id=258, pad_token_id=259,
 )).eval()
 config = ParallelCompConfig(
-    **TINY_SETTINGS, chunk_batch_size=2,
+    **TINY_SETTINGS, chunk_batch_size=2, kept_chunks="merge",
     context_cache_device_fraction=0.0, context_cache_host_fraction=0.0,
 )
 engine = ParallelCompEngine(model, tiny_tokenizer(), config)

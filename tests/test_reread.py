@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from parallelcomp_llm import InvalidConfigError, ParallelCompConfig, ParallelCompEngine
+from parallelcomp_llm.stages import BiasCalibrator
 from parallelcomp_llm.testing import (
     TINY_SETTINGS,
     text_of_tokens,
@@ -117,6 +118,27 @@ def test_a_context_of_one_chunk_is_read_whole():
     prompt = reread_prompt(engine, [document], QUESTION)
     assert answer.stats.kv_entries_kept == len(prompt) - len(engine.prompts.question_ids(QUESTION))
     assert answer.token_ids == greedy_tokens(engine, prompt, NEW_TOKENS)
+
+
+def test_the_default_reads_the_best_chunk_again_unless_it_calibrates():
+    plain = tiny_engine("llama", chunk_tokens=DOC_TOKENS)
+    assert (plain.config.kept_chunks, plain.config.keep_chunks) == ("reread", 1)
+    answer = plain.generate(DOCS, QUESTION, max_new_tokens=NEW_TOKENS, ignore_eos=True)
+    assert answer.stats.reread and answer.stats.chunks_kept == 1
+    best = engine_with(kept_chunks="reread", keep_chunks=1)
+    assert best.generate(DOCS, QUESTION, max_new_tokens=NEW_TOKENS, ignore_eos=True).token_ids == (
+        answer.token_ids
+    )
+    calibrated = tiny_engine("llama", calibration_layers=(0, 1))
+    assert (calibrated.config.kept_chunks, calibrated.config.keep_chunks) == ("merge", 3)
+    given = ParallelCompEngine(
+        tiny_model("llama"),
+        tiny_tokenizer(),
+        ParallelCompConfig(**TINY_SETTINGS),
+        calibrator=BiasCalibrator(layers=(0, 1)),
+    )
+    assert given.config.kept_chunks == "merge"
+    assert tiny_engine("llama", kept_chunks="merge").config.keep_chunks == 3
 
 
 def test_reread_with_calibration_is_refused():

@@ -79,7 +79,7 @@ def test_names_in_order_and_unknown_name_refused(model_dir):
     assert METHOD_NAMES == (
         "parallelcomp",
         "parallelcomp-noevict",
-        "parallelcomp-reread",
+        "parallelcomp-merge",
         "full",
         "truncate-middle",
         "rope-linear",
@@ -121,7 +121,7 @@ def test_every_method_agrees_when_the_prompt_fits(methods):
         assert output.prompt_tokens == prompt_tokens, name
         assert output.prefill_seconds > 0, name
         assert output.peak_memory_bytes > 0, name
-    for name in ("parallelcomp", "parallelcomp-noevict", "parallelcomp-reread"):
+    for name in ("parallelcomp", "parallelcomp-noevict", "parallelcomp-merge"):
         assert (outputs[name].chunks_kept, outputs[name].chunks_total) == (1, 1)
         assert outputs[name].kv_kept == prompt_tokens - question_tokens
     for name in METHOD_NAMES[3:]:

@@ -1,5 +1,5 @@
 """The methods of the quality evaluation, by name: our engine (`parallelcomp`,
-`parallelcomp-noevict`) and the baselines, each over its own `ParallelCompEngine` so that every
+`parallelcomp-noevict`, `parallelcomp-merge`) and the baselines, each over its own `ParallelCompEngine` so that every
 method sees the same model, device, dtype, attention kernel and prompt."""
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ _NO_EVICTION = {
     "kv_budget": None,
     "calibration_layers": None,
 }
-# the best-scored chunk read again as one ordinary prompt (`kept_chunks="reread"`)
-_REREAD_BEST = {"kept_chunks": "reread", "keep_chunks": 1}
+# the paper's ParallelComp: the kept chunks' evicted KV merged (3 chunks, 1,024 entries each)
+_MERGED = {"kept_chunks": "merge"}
 
 
 class EngineMethod:
@@ -61,7 +61,7 @@ _Build = Callable[[str, ParallelCompEngine], Method]
 _METHODS: dict[str, tuple[dict[str, Any], _Build]] = {
     "parallelcomp": ({}, EngineMethod),
     "parallelcomp-noevict": (_NO_EVICTION, EngineMethod),
-    "parallelcomp-reread": (_REREAD_BEST, EngineMethod),
+    "parallelcomp-merge": (_MERGED, EngineMethod),
     "full": ({}, FullPromptMethod),
     "truncate-middle": ({}, partial(FullPromptMethod, truncate=True)),
     "rope-linear": ({}, partial(FullPromptMethod, rope_type="linear")),
