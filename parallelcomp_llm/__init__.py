@@ -1,11 +1,12 @@
 """parallelcomp-llm: training-free ParallelComp long-context inference over transformers models."""
 
-from .answer import Answer, AnswerStats, ChunkInfo
+from .answer import Answer, AnswerStats, ChunkInfo, ToolCall
 from .config import ParallelCompConfig
 from .context_cache import ContextCache, ContextCacheMismatchError
 from .decode_settings import DecodeSettings
 from .engine import ParallelCompEngine
 from .errors import (
+    AnswerFormatError,
     ContextTooLongError,
     DeviceMemoryError,
     EngineBusyError,
@@ -18,13 +19,16 @@ from .errors import (
     StageError,
     UnsupportedModelError,
 )
+from .response_format import ResponseFormat
 from .streams import AnswerStream
+from .tools import Tool, ToolSet
 from .tracing import StageObserver
 
 __version__ = "0.2.0"
 
 __all__ = [
     "Answer",
+    "AnswerFormatError",
     "AnswerStats",
     "AnswerStream",
     "ChunkInfo",
@@ -42,7 +46,11 @@ __all__ = [
     "ParallelCompError",
     "RequestCancelledError",
     "RequestTimeoutError",
+    "ResponseFormat",
     "StageError",
     "StageObserver",
+    "Tool",
+    "ToolCall",
+    "ToolSet",
     "UnsupportedModelError",
 ]

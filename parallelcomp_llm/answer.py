@@ -1,9 +1,13 @@
-"""Results of a request: `Answer` with its text, token ids, finish reason and `AnswerStats`."""
+"""Results of a request: `Answer` with its text, token ids, finish reason, `AnswerStats` and
+`ToolCall`s."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from .errors import InvalidInputError
+from .response_format import ResponseFormat
 
 
 @dataclass(frozen=True)
@@ -27,17 +31,17 @@ class AnswerStats:
     """What a request cost and what it kept.
 
     `context_tokens` counts the tokens of the context's chunks, the separators between packed
-    documents included. `scorer` names the chunk scorer whose shares `ChunkInfo.relevance` holds, None when the
-    context was one chunk (not scored). `kv_entries_kept` counts the merged KV entries per layer
-    and KV head the answer was decoded over. `context_cache_hit` is True when the context's
-    encoded chunks were reused (then `chunks_prefilled` is 0). `batch_size` counts the questions
-    answered in one batch with this one, itself included (the questions of one `generate_batch`,
-    and other callers' questions over the same context); they share the chunk prefill, which the
-    first of them counts in `chunks_prefilled`. `reread` is True when the kept chunks were read
-    again as one prompt (`kept_chunks="reread"`): then `kv_entries_kept` counts the tokens read
-    again (prefix and kept chunks), and no entry was evicted. `peak_memory_bytes`: on CUDA the
-    peak allocated during the request's batch, on CPU the peak resident set size of the process
-    so far.
+    documents included. `scorer` names the chunk scorer whose shares `ChunkInfo.relevance` holds,
+    None when the context was one chunk (not scored). `kv_entries_kept` counts the merged KV entries
+    per layer and KV head the answer was decoded over. `context_cache_hit` is True when the
+    context's encoded chunks were reused (then `chunks_prefilled` is 0). `batch_size` counts the
+    questions answered in one batch with this one, itself included (the questions of one
+    `generate_batch`, and other callers' questions over the same context); they share the chunk
+    prefill, which the first of them counts in `chunks_prefilled`. `reread` is True when the kept
+    chunks were read again as one prompt (`kept_chunks="reread"`): then `kv_entries_kept` counts the
+    tokens read again (prefix and kept chunks), and no entry was evicted. `peak_memory_bytes`: on
+    CUDA the peak allocated during the request's batch, on CPU the peak resident set size of the
+    process so far.
     """
 
     context_tokens: int = 0
@@ -72,11 +76,40 @@ class AnswerStats:
         return best
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """One call the answer makes: a new `id`, the tool's `name`, and its `arguments`."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def openai(self) -> dict[str, Any]:
+        """The call as an assistant message's `tool_calls` item (arguments as a dict, as
+        transformers' chat templates take them)."""
+        function = {"name": self.name, "arguments": self.arguments}
+        return {"id": self.id, "type": "function", "function": function}
+
+
 @dataclass
 class Answer:
-    """The generated text (stop text removed), its token ids, why it ended, and statistics."""
+    """The generated text (stop text removed), its token ids, why it ended, statistics, the
+    `response_format` it was asked in (None: free text), and the tool calls it makes (a chat with
+    `tools`: then `text` holds only what the model said beside the calls)."""
 
     text: str
     token_ids: list[int]
     finish_reason: Literal["stop", "length"]
     stats: AnswerStats
+    response_format: ResponseFormat | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+    def parsed(self) -> Any:
+        """The answer as its `response_format`'s value: an instance of the pydantic model it was
+        asked for, else the JSON value (the text for a grammar). `AnswerFormatError` when it
+        ended before the value was complete; `InvalidInputError` when no format was asked."""
+        if self.response_format is None:
+            raise InvalidInputError(
+                "this answer was asked without a response_format: there is nothing to parse"
+            )
+        return self.response_format.parse(self.text, self.finish_reason)

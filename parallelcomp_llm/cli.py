@@ -23,7 +23,6 @@ from .decode_settings import DecodeSettings
 from .errors import InvalidInputError, ParallelCompError
 from .requests import documents_of
 
-
 MAX_FILE_BYTES = 64 * 2**20
 """Largest context file read (262,144 tokens, the default `max_context_tokens`, are about 1 MB of
 English text); a longer one, or an endless one such as /dev/zero, is refused."""

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, field_validator
 
 from .errors import CheckedModel, InvalidInputError
+from .response_format import ResponseFormat
 
 MIN_TEMPERATURE = 1e-5
 """Smallest sampling temperature; lower ones overflow the logits (0 is greedy decoding)."""
@@ -42,7 +43,16 @@ class DecodeSettings(CheckedModel):
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     """Seed of the sampler, for reproducible sampling."""
     ignore_eos: bool = False
-    """Go on past the end-of-sequence tokens, up to `max_new_tokens` (for benchmarks)."""
+    """Go on past the end-of-sequence tokens, up to `max_new_tokens` (for benchmarks); an answer
+    with a `response_format` still ends where its value is complete."""
+    response_format: ResponseFormat | None = None
+    """What the answer must be (constrained decoding): a pydantic model class, a JSON schema,
+    OpenAI's `response_format` dict, or a `ResponseFormat`; `Answer.parsed()` reads it."""
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _response_format(cls, value: object) -> ResponseFormat | None:
+        return ResponseFormat.of(value)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -132,4 +142,4 @@ class DecodeSettings(CheckedModel):
             if target in renamed:
                 raise InvalidInputError(f"{target} given twice, as {spelled[target]} and as {name}")
             renamed[target], spelled[target] = value, name
-        return cls(**((base.model_dump() if base else {}) | renamed))
+        return cls(**((dict(base) if base else {}) | renamed))

@@ -21,6 +21,7 @@ from .decode_settings import DecodeSettings
 from .decode_step import DecodeStep, DynamicStep, StaticStep, StepGraphs, StepKind
 from .device import device_work_done, model_device
 from .final_pass import FinalState
+from .grammar import Grammars, TokenConstraint
 from .scheduler import BatchControl
 from .stats import StatsRecorder
 from .tracing import StageTracer
@@ -44,8 +45,13 @@ class TokenSampler:
         else:
             self.generator.seed()
 
-    def __call__(self, produced: list[int], logits: torch.Tensor) -> int:
-        """Next token from `logits` (vocab,) given the tokens produced so far."""
+    def __call__(
+        self, produced: list[int], logits: torch.Tensor, constraint: TokenConstraint | None
+    ) -> int:
+        """Next token from `logits` (vocab,) given the tokens produced so far, among those that
+        `constraint` allows (when given)."""
+        if constraint is not None:
+            logits = constraint.masked(logits)
         if self.greedy:
             return int(logits.argmax())
         input_ids = torch.tensor([produced], dtype=torch.long, device=logits.device)
@@ -57,16 +63,17 @@ class TokenSampler:
 @dataclass
 class DecodeRow:
     """One sequence of a decoding batch: its sampler, budget, next position, the token ids that
-    end it, and its tokens so far.
+    end it, its grammar state (None: unconstrained), and its tokens so far.
 
-    `finish` becomes 'stop' (an end token, or set by the caller when a stop string appears) or
-    'length'.
+    `finish` becomes 'stop' (an end token, a complete grammar value, or set by the caller when a
+    stop string appears) or 'length'.
     """
 
     sampler: TokenSampler
     max_new_tokens: int
     next_position: int
     end_ids: frozenset[int]
+    constraint: TokenConstraint | None = None
     produced: list[int] = field(default_factory=list)
     finish: str | None = None
 
@@ -93,12 +100,16 @@ def decode_rows(
             for index, row in enumerate(rows):
                 token = None
                 if row.finish is None:
-                    token = row.sampler(row.produced, logits[index])
+                    token = row.sampler(row.produced, logits[index], row.constraint)
                     if token in row.end_ids:
                         row.finish, token = "stop", None
                     else:
                         row.produced.append(token)
-                        if len(row.produced) == row.max_new_tokens:
+                        if row.constraint is not None:
+                            row.constraint.accept(token)
+                        if row.constraint is not None and row.constraint.complete:
+                            row.finish = "stop"
+                        elif len(row.produced) == row.max_new_tokens:
                             row.finish = "length"
                 tokens.append(token)
         if any(token is not None for token in tokens):
@@ -169,9 +180,11 @@ class Decoder:
         pad_id: int,
         tracer: StageTracer,
         step_kind: StepKind,
+        grammars: Grammars,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.grammars = grammars
         self.eos_ids = eos_ids
         self.pad_id = pad_id
         self.tracer = tracer
@@ -206,8 +219,12 @@ class Decoder:
         rows, deltas = [], []
         for row_settings, position in zip(settings, state.next_positions, strict=True):
             sampler = TokenSampler(row_settings, device)
-            end_ids = frozenset() if row_settings.ignore_eos else self.eos_ids
-            rows.append(DecodeRow(sampler, row_settings.max_new_tokens, position, end_ids))
+            constraint = self.grammars.constraint(row_settings.response_format)
+            free_running = row_settings.ignore_eos and constraint is None
+            end_ids = frozenset() if free_running else self.eos_ids
+            rows.append(
+                DecodeRow(sampler, row_settings.max_new_tokens, position, end_ids, constraint)
+            )
             deltas.append(TextDeltas(self.tokenizer, row_settings.stop))
         step = self.step(state, max(row.max_new_tokens for row in rows))
         steps = decode_rows(step, state.logits, rows, self.pad_id, self.tracer)
@@ -222,7 +239,14 @@ class Decoder:
                 if tail:
                     yield index, tail
                 stats = recorders[index].finished(len(row_deltas.token_ids))
-                yield index, Answer(row_deltas.emitted, row_deltas.token_ids, row.finish, stats)
+                answer = Answer(
+                    row_deltas.emitted,
+                    row_deltas.token_ids,
+                    row.finish,
+                    stats,
+                    settings[index].response_format,
+                )
+                yield index, answer
 
         for tokens in steps:
             for index, token in enumerate(tokens):

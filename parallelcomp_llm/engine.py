@@ -22,10 +22,12 @@ from .context_cache import CacheStore, ContextCache, model_key
 from .decode_settings import DecodeSettings
 from .device import device_memory, host_memory, kv_shape, model_device
 from .errors import InvalidInputError
+from .grammar import Grammars
 from .intake import Context, Intake
 from .models import (
     check_calibrator,
     check_supported,
+    end_token_ids,
     load_model_and_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -39,6 +41,7 @@ from .reread import Reread
 from .scheduler import Job, Scheduler
 from .stages import BudgetPolicy, Calibrator, ChunkScorer, KVSelector, Stages
 from .streams import AnswerStream
+from .tools import ToolSet
 from .tracing import StageObserver, StageTracer
 
 
@@ -97,8 +100,9 @@ class ParallelCompEngine:
         """The settings, with the values derived from the model filled in."""
         self.model_key = model_key(model, self.chunk_plan, self.prompts.prefix_ids)
         """Identity of the model and of the settings that shape encoded chunks."""
+        grammars = Grammars(tokenizer, end_token_ids(model, tokenizer))
         self._intake = Intake(
-            self.prompts, self.chunk_plan, self.config, self.model_key, self.native_window
+            self.prompts, self.chunk_plan, self.config, self.model_key, self.native_window, grammars
         )
         self._store = CacheStore(
             self.device,
@@ -116,6 +120,7 @@ class ParallelCompEngine:
             Reread(self.native_window, self.chunk_plan.separator_ids)
             if config.kept_chunks == "reread"
             else None,
+            grammars,
         )
         self._scheduler = Scheduler(config.max_waiting_requests, config.max_batch_requests)
 
@@ -365,58 +370,80 @@ class ParallelCompEngine:
 
     def chat(
         self,
-        messages: Sequence[dict[str, str]],
+        messages: Sequence[dict[str, Any]],
         settings: DecodeSettings | None = None,
         *,
         context: Context | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = None,
         timeout_s: float | None = None,
         **options: Any,
     ) -> Answer:
-        """Answer a chat (role/content dicts) with the chat template. With `context`, or when
-        the chat does not fit the trained window with the answer, ParallelComp answers it: the
-        chat is cut into a system prompt, context (after `context`'s documents) and a question
-        by the rule of `long_prompt`."""
+        """Answer a chat (role/content dicts; assistant `tool_calls` and `tool` results in
+        OpenAI's format) with the chat template. With `context`, or when the chat does not fit
+        the trained window with the answer, ParallelComp answers it: the chat is cut into a
+        system prompt, context (after `context`'s documents) and a question by the rule of
+        `long_prompt`.
+
+        `tools` (OpenAI function dicts or `Tool`s) are offered to the model: through the chat
+        template where it takes them, else as text (`tools`); `Answer.tool_calls` holds the
+        calls the answer makes. `tool_choice`: 'auto' (default), 'none', 'required' (or 'any'),
+        or a tool's name; the last two make the answer a call, enforced by the grammar."""
         stream = self.stream_chat(
-            messages, settings, context=context, timeout_s=timeout_s, **options
+            messages,
+            settings,
+            context=context,
+            tools=tools,
+            tool_choice=tool_choice,
+            timeout_s=timeout_s,
+            **options,
         )
         return stream.wait()
 
     def stream_chat(
         self,
-        messages: Sequence[dict[str, str]],
+        messages: Sequence[dict[str, Any]],
         settings: DecodeSettings | None = None,
         *,
         context: Context | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = None,
         timeout_s: float | None = None,
         **options: Any,
     ) -> AnswerStream:
         """`chat` as an iterator of text deltas."""
-        decoding, deadline = (
-            self._intake.settings(settings, options),
-            self._intake.deadline(timeout_s),
-        )
+        if tools is None and tool_choice is not None:
+            raise InvalidInputError("tool_choice was given without tools")
+        tool_set = None if tools is None else ToolSet(tools, tool_choice)
+        decoding = self._intake.settings(settings, options, tool_set)
+        deadline = self._intake.deadline(timeout_s)
         if context is None:
-            ids = self.prompts.chat_prompt_ids(messages)
+            ids = self.prompts.chat_prompt_ids(messages, tool_set)
             if self._intake.fits_window(ids, decoding):
-                return self._prompt_stream(ids, decoding, deadline)
-        return self._split_stream(messages, context, decoding, deadline)
+                return self._prompt_stream(ids, decoding, deadline, tool_set)
+        return self._split_stream(messages, context, decoding, deadline, tool_set)
 
     # -- queueing ---------------------------------------------------------------------------
 
     def _split_stream(
         self,
-        messages: Sequence[dict[str, str]],
+        messages: Sequence[dict[str, Any]],
         context: Context | None,
         settings: DecodeSettings,
         deadline: Deadline,
+        tools: ToolSet | None = None,
     ) -> AnswerStream:
-        """A chat answered with ParallelComp: cut into its parts, then asked as a question."""
+        """A chat answered with ParallelComp: cut into its parts, then asked as a question (after
+        the text of the offered `tools`)."""
         context, parts = self._intake.split(messages, context)
+        question = self._intake.question_with_tools(parts.question, tools)
         encoding = self._intake.encoding(context, parts.system_prompt)
-        request = self._intake.request(encoding, parts.question, settings, deadline, False)
-        return self._answer_streams([request])[0]
+        request = self._intake.request(encoding, question, settings, deadline, False)
+        return self._answer_streams([request], tools)[0]
 
-    def _answer_streams(self, requests: list[Request]) -> list[AnswerStream]:
+    def _answer_streams(
+        self, requests: list[Request], tools: ToolSet | None = None
+    ) -> list[AnswerStream]:
         """Queue one call's questions over one context; while they wait, other callers' questions
         over the same context may join their batch."""
         job = Job(
@@ -426,10 +453,14 @@ class ParallelCompEngine:
             deadline=requests[0].deadline,
             result_type=Answer,
         )
-        return [AnswerStream(events) for events in self._scheduler.submit(job)]
+        return [AnswerStream(events, tools) for events in self._scheduler.submit(job)]
 
     def _prompt_stream(
-        self, prompt_ids: list[int], settings: DecodeSettings, deadline: Deadline
+        self,
+        prompt_ids: list[int],
+        settings: DecodeSettings,
+        deadline: Deadline,
+        tools: ToolSet | None = None,
     ) -> AnswerStream:
         request = PromptRequest(prompt_ids, settings, deadline)
         job = Job(
@@ -440,4 +471,4 @@ class ParallelCompEngine:
             result_type=Answer,
         )
         [events] = self._scheduler.submit(job)
-        return AnswerStream(events)
+        return AnswerStream(events, tools)

@@ -41,6 +41,11 @@ class ModelDownloadError(ParallelCompError):
     name), verified or converted."""
 
 
+class AnswerFormatError(ParallelCompError):
+    """An answer asked for in a `response_format` could not be read as one: it ended before its
+    value was complete (`max_new_tokens`, a stop string), or the pydantic model refused it."""
+
+
 class EngineBusyError(ParallelCompError):
     """The engine's queue of waiting requests is full (`max_waiting_requests`)."""
 

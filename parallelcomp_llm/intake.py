@@ -17,9 +17,11 @@ from .config import ParallelCompConfig
 from .context_cache import ContextCache, context_key
 from .decode_settings import DecodeSettings
 from .errors import ContextTooLongError, InvalidInputError
+from .grammar import Grammars
 from .long_prompt import PromptParts, PromptSplitter
 from .prompt import PromptBuilder
 from .requests import Encoding, Request, documents_of
+from .tools import ToolSet
 
 Context = str | Sequence[str] | ContextCache
 """What a question is asked over: a text, a sequence of documents, or an encoded context."""
@@ -35,8 +37,10 @@ class Intake:
         config: ParallelCompConfig,
         model_key: str,
         native_window: int,
+        grammars: Grammars,
     ) -> None:
         self.prompts = prompts
+        self.grammars = grammars
         self.chunk_plan = chunk_plan
         self.config = config
         self.model_key = model_key
@@ -46,11 +50,27 @@ class Intake:
     def deadline(self, timeout_s: float | None) -> Deadline:
         return Deadline.within(timeout_s, self.config.request_timeout_s)
 
-    def settings(self, settings: DecodeSettings | None, options: dict[str, Any]) -> DecodeSettings:
+    def settings(
+        self,
+        settings: DecodeSettings | None,
+        options: dict[str, Any],
+        tools: ToolSet | None = None,
+    ) -> DecodeSettings:
+        """A call's decoding settings, its `response_format` the grammar of the call that
+        `tools` force, if they do, and compiled (`InvalidInputError` when it does not)."""
         config = self.config
-        return DecodeSettings.for_call(
+        decoding = DecodeSettings.for_call(
             settings, options, config.answer_reserve_tokens, config.max_new_tokens_limit
         )
+        if tools is not None and tools.forced:
+            if decoding.response_format is not None:
+                raise InvalidInputError(
+                    f"tool_choice={tools.choice!r} makes the answer a tool call: it cannot also "
+                    "take a response_format"
+                )
+            decoding = decoding.model_copy(update={"response_format": tools.response_format()})
+        self.grammars.check(decoding.response_format)
+        return decoding
 
     def encoding(self, context: Context, system_prompt: str | None = None) -> Encoding:
         """Tokenize and chunk `context` for chunks prefixed with `system_prompt`, or take the
@@ -137,6 +157,22 @@ class Intake:
                 "question_reserve_tokens / answer_reserve_tokens"
             )
         return Request(encoding, question_ids, settings, deadline, progress)
+
+    def question_with_tools(self, question: str, tools: ToolSet | None) -> str:
+        """The question of a chat answered with ParallelComp, after the offered tools' text
+        (`ToolSet.instructions`); `InvalidInputError` when both do not fit
+        `question_reserve_tokens`."""
+        if tools is None or not tools.offered:
+            return question
+        asked = tools.instructions() + "\n\n" + question
+        needed, reserve = len(self.prompts.question_ids(asked)), self.config.question_reserve_tokens
+        if needed > reserve:
+            raise InvalidInputError(
+                f"the tools' descriptions and the question take {needed} tokens; a chat answered "
+                f"with ParallelComp has question_reserve_tokens={reserve} for them: offer fewer "
+                "or shorter tools, or raise question_reserve_tokens"
+            )
+        return asked
 
     def fits_window(self, prompt_ids: list[int], settings: DecodeSettings) -> bool:
         """Whether a plain prompt and its answer fit the trained window."""

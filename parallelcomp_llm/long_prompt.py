@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidInputError
-from .prompt import PromptBuilder, checked_messages
+from .prompt import PromptBuilder, checked_messages, plain_turn
 
 MIN_QUESTION_TOKENS = 16
 """A last paragraph shorter than this ("Answer:") takes the paragraphs before it along."""
@@ -47,9 +47,9 @@ class PromptSplitter:
     def split(
         self, messages: Sequence[dict[str, str]], documents: Sequence[str] = ()
     ) -> PromptParts:
-        """The parts of `messages` (checked by `checked_messages`), after the caller's
-        `documents`."""
-        messages = checked_messages(messages)
+        """The parts of `messages` (checked by `checked_messages`; tool calls and results as
+        text, `plain_turn`), after the caller's `documents`."""
+        messages = [plain_turn(message) for message in checked_messages(messages)]
         context = list(documents)
         system_prompt = None
         leading = 0

@@ -28,6 +28,7 @@ from .decoding import Decoder
 from .device import model_device, reporting_memory_errors, start_measuring
 from .encoder import ChunkEncoder, PrefillCount
 from .final_pass import FinalRow, run_final_pass, run_prompt
+from .grammar import Grammars
 from .merging import StoredChunk, merge_chunks, store_chunk
 from .models import checked_between_layers, end_token_ids, pad_token_id, use_hooked_attention
 from .prefill import EncodedBatch, question_pass
@@ -123,9 +124,11 @@ class Pipeline:
         model_key: str,
         tracer: StageTracer,
         reread: Reread | None,
+        grammars: Grammars,
     ) -> Pipeline:
-        """The pipeline of an engine: its chunk encoder over `store`, its decoder, and how it
-        reads kept chunks again (None: it always merges them)."""
+        """The pipeline of an engine: its chunk encoder over `store`, its decoder (constrained by
+        `grammars` where a request asks), and how it reads kept chunks again (None: it always
+        merges them)."""
         pad_id = pad_token_id(tokenizer)
         encoder = ChunkEncoder(
             model,
@@ -139,7 +142,7 @@ class Pipeline:
         calibrated = stages.calibrator is not None
         step_kind = resolve_step_kind(config.decode_step, model_device(model), model, calibrated)
         end_ids = end_token_ids(model, tokenizer)
-        decoder = Decoder(model, tokenizer, end_ids, pad_id, tracer, step_kind)
+        decoder = Decoder(model, tokenizer, end_ids, pad_id, tracer, step_kind, grammars)
         return cls(
             model,
             stages,

@@ -13,15 +13,22 @@ template's own text is tokenized with them.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from .answer import ToolCall
 from .errors import InvalidConfigError, InvalidInputError
 from .tokenizer_pool import TokenizerPool
+
+if TYPE_CHECKING:
+    from .tools import ToolSet
 
 _CONTEXT_MARK = "\x00PARALLELCOMP_CONTEXT\x00"
 _QUESTION_MARK = "\x00PARALLELCOMP_QUESTION\x00"
@@ -158,39 +165,138 @@ class PromptBuilder:
         """Token ids of a plain prompt to continue (no template; BOS for base models)."""
         return self._bos + self.encode(prompt)
 
-    def chat_prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def chat_prompt_ids(
+        self, messages: Sequence[dict[str, Any]], tools: ToolSet | None = None
+    ) -> list[int]:
         """Token ids of a whole chat (no separate context), ready for the answer;
-        `InvalidInputError` unless `messages` pass `checked_messages`."""
+        `InvalidInputError` unless `messages` pass `checked_messages`. `tools` go through the
+        template's `tools=` argument where it takes one, else into the system turn as text
+        (`ToolSet.instructions`), and calls and tool results become text too."""
         messages = checked_messages(messages)
+        offered = tools.offered if tools is not None else []
+        if offered and self.template_takes_tools:
+            return self._rendered_ids(messages, [tool.openai() for tool in offered])
+        turns = [plain_turn(message) for message in messages]
+        if offered:
+            turns = with_system_text(turns, tools.instructions())
         if self.template.add_bos or not getattr(self.tokenizer, "chat_template", None):
             ids = list(self._bos)
-            for number, message in enumerate(messages):
-                ids += self.encode(("\n\n" if number else "") + message["content"])
+            for number, turn in enumerate(turns):
+                ids += self.encode(("\n\n" if number else "") + turn["content"])
             return ids + self._template_ids(self.template.suffix)
-        marks = {f"\x00PARALLELCOMP_MESSAGE_{n}\x00": m["content"] for n, m in enumerate(messages)}
-        marked = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+        return self._rendered_ids(turns, None)
+
+    def _rendered_ids(
+        self, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
+        """The chat template over `turns` (and `tools`), each turn's content tokenized as caller
+        text; the tools' and calls' JSON, which the template renders itself, may hold no control
+        token."""
+        calls = [turn.get("tool_calls", []) for turn in turns]
+        self.check_free_of_control_tokens(json.dumps([tools or [], calls]))
+        marks = {f"\x00PARALLELCOMP_MESSAGE_{n}\x00": t["content"] for n, t in enumerate(turns)}
+        marked = [{**t, "content": mark} for t, mark in zip(turns, marks, strict=True)]
         rendered = self.tokenizer.apply_chat_template(
-            marked, tokenize=False, add_generation_prompt=True
+            marked, tools=tools, tokenize=False, add_generation_prompt=True
         )
         return self._marked_ids(rendered, marks)
 
+    def check_free_of_control_tokens(self, text: str) -> None:
+        """`InvalidInputError` when `text`, which the template renders as its own, spells one of
+        the tokenizer's control tokens."""
+        for token in self.tokenizer.all_special_tokens:
+            if token in text:
+                raise InvalidInputError(
+                    f"a tool or tool call holds the control token {token!r}; remove it"
+                )
 
-def checked_messages(messages: object) -> list[dict[str, str]]:
-    """`messages` as a list of role/content dicts; `InvalidInputError` for anything else."""
+    @functools.cached_property
+    def template_takes_tools(self) -> bool:
+        """Whether the chat template renders a `tools=` argument (Qwen2.5's does, SmolLM2's
+        does not)."""
+        if self.template.add_bos or not getattr(self.tokenizer, "chat_template", None):
+            return False
+        probe = [{"role": "user", "content": "x"}]
+        tool = {"type": "function", "function": {"name": "parallelcomp_probe", "parameters": {}}}
+        without = self.tokenizer.apply_chat_template(probe, tokenize=False)
+        try:
+            offered = self.tokenizer.apply_chat_template(probe, tools=[tool], tokenize=False)
+        except TemplateError:
+            return False
+        return "parallelcomp_probe" in offered and offered != without
+
+
+def checked_messages(messages: object) -> list[dict[str, Any]]:
+    """`messages` as a list of role/content dicts, each assistant message's `tool_calls` (OpenAI's
+    format, arguments as a dict or a JSON string) as `ToolCall` dicts; `InvalidInputError` for
+    anything else."""
     if (
         isinstance(messages, str | bytes)
         or not isinstance(messages, Sequence)
         or not messages
-        or not all(
-            isinstance(m, dict)
-            and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str)
-            for m in messages
-        )
+        or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
+        or not all(isinstance(m.get("content"), str) or _only_calls(m) for m in messages)
     ):
         raise InvalidInputError(
             "messages must be a non-empty list of {'role': str, 'content': str} dicts"
         )
-    if not messages[-1]["content"].strip():
+    checked = [_checked_message(message) for message in messages]
+    if not checked[-1]["content"].strip():
         raise InvalidInputError("the last message is empty: it holds the question")
-    return list(messages)
+    return checked
+
+
+def _only_calls(message: dict[str, Any]) -> bool:
+    """An assistant message of tool calls alone, whose content OpenAI's format leaves None."""
+    return message.get("content") is None and bool(message.get("tool_calls"))
+
+
+def _checked_message(message: dict[str, Any]) -> dict[str, Any]:
+    checked = {**message, "content": message.get("content") or ""}
+    if "tool_calls" in message:
+        calls = message["tool_calls"]
+        if message["role"] != "assistant" or not isinstance(calls, list):
+            raise InvalidInputError("tool_calls must be a list, in an assistant message")
+        checked["tool_calls"] = [_checked_call(call) for call in calls]
+    return checked
+
+
+def _checked_call(call: object) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    arguments = function.get("arguments", {}) if isinstance(function, dict) else None
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            arguments = None
+    if not isinstance(name, str) or not isinstance(arguments, dict):
+        raise InvalidInputError(
+            "a tool call must be {'id': str, 'type': 'function', 'function': {'name': str, "
+            f"'arguments': dict or JSON object text}}}}, got {call!r}"
+        )
+    return ToolCall(str(call.get("id") or ""), name, arguments).openai()
+
+
+def plain_turn(message: dict[str, Any]) -> dict[str, Any]:
+    """A checked message as text alone: its calls in `<tool_call>` tags after its content, a tool
+    result as a user turn inside `<tool_response>` tags (`tools`' wire format)."""
+    if message["role"] == "tool":
+        response = f"<tool_response>\n{message['content']}\n</tool_response>"
+        return {"role": "user", "content": response}
+    if "tool_calls" not in message:
+        return {"role": message["role"], "content": message["content"]}
+    calls = [
+        "<tool_call>\n"
+        + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]})
+        + "\n</tool_call>"
+        for c in message["tool_calls"]
+    ]
+    return {"role": "assistant", "content": "\n".join(filter(None, [message["content"], *calls]))}
+
+
+def with_system_text(turns: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """`turns` with `text` at the end of the leading system turn (a new one if there is none)."""
+    if turns and turns[0]["role"] == "system":
+        return [{**turns[0], "content": turns[0]["content"] + "\n\n" + text}, *turns[1:]]
+    return [{"role": "system", "content": text}, *turns]

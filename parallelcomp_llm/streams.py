@@ -18,14 +18,18 @@ from .errors import RequestCancelledError
 
 if TYPE_CHECKING:
     from .scheduler import RowEvents
+    from .tools import ToolSet
 
 
 class AnswerStream(Iterator[str]):
     """Iterator (and async iterator) of text deltas; `answer` holds the full `Answer` once the
-    stream is exhausted. `close()`, or dropping the stream, cancels the request."""
+    stream is exhausted, with the calls of a chat with `tools` read from it (the deltas are the
+    text as generated, calls included). `close()`, or dropping the stream, cancels the
+    request."""
 
-    def __init__(self, events: RowEvents) -> None:
+    def __init__(self, events: RowEvents, tools: ToolSet | None = None) -> None:
         self._events = events
+        self._tools = tools
         self._relay: AsyncIterator[str] | None = None
         self.answer: Answer | None = None
 
@@ -35,7 +39,7 @@ class AnswerStream(Iterator[str]):
     def __next__(self) -> str:
         for event in self._events:
             if isinstance(event, Answer):
-                self.answer = event
+                self.answer = event if self._tools is None else self._tools.answered(event)
                 continue
             return event
         raise StopIteration
