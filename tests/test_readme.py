@@ -73,3 +73,13 @@ def test_python_snippet_finds_the_pass_key(capsys):
     first_line, streamed = printed.split("\n", 1)
     assert "71432" in first_line and first_line.endswith("[0, 1]")  # one chunk: both kept
     assert streamed.strip()
+
+
+@pytest.mark.default_model
+def test_structured_output_snippet_fills_the_model_and_makes_the_call():
+    snippet = compile(readme_snippet(README, "python-structured-output"), str(README), "exec")
+    namespace: dict = {}
+    exec(snippet, namespace)  # noqa: S102 - running the README is the point
+    sale, call = namespace["sale"], namespace["call"]
+    assert sale.price_eur == 48500 and "Northwind" in sale.buyer
+    assert call.name == "get_weather" and call.arguments == {"city": "Paris"}
