@@ -1,9 +1,9 @@
-"""`ParallelCompLLM`: a LlamaIndex `CustomLLM` over a `ParallelCompEngine`."""
+"""`ParallelCompLLM`: a LlamaIndex `FunctionCallingLLM` over a `ParallelCompEngine`."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +17,40 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
+    MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
-from llama_index.core.instrumentation.events.llm import LLMPredictEndEvent, LLMPredictStartEvent
+from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
+from llama_index.core.instrumentation.events.llm import (
+    LLMPredictEndEvent,
+    LLMPredictStartEvent,
+    LLMStructuredPredictEndEvent,
+    LLMStructuredPredictStartEvent,
+)
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import (
+    ToolSelection,
     astream_completion_response_to_tokens,
     stream_completion_response_to_tokens,
 )
+from llama_index.core.program.utils import FlexibleModel
 from llama_index.core.prompts import BasePromptTemplate
-from llama_index.core.types import TokenAsyncGen, TokenGen
+from llama_index.core.tools.types import BaseTool
+from llama_index.core.types import Model, PydanticProgramMode, TokenAsyncGen, TokenGen
 from transformers import PreTrainedTokenizerBase
 
-from parallelcomp_llm import AnswerStream, DecodeSettings, ParallelCompEngine
+from parallelcomp_llm import AnswerStream, DecodeSettings, ParallelCompEngine, ToolSet
 
-from . import responses
+from . import responses, structured
 from .framing import CONTEXT_MARK, ContextCall, context_variable, cut_at_context
+from .structured import TemplateRequest
+from .tool_calling import (
+    ShownText,
+    engine_messages,
+    first_call_only,
+    openai_tools,
+    tool_selections,
+)
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -43,7 +60,7 @@ RENAMES = {"max_tokens": "max_new_tokens"}
 """LlamaIndex's usual names of the engine's decoding settings."""
 
 
-class ParallelCompLLM(CustomLLM):
+class ParallelCompLLM(FunctionCallingLLM):
     """A LlamaIndex LLM that answers over far more text than the model's trained window.
 
     `complete` and `chat` behave like any local LLM (`chat` applies the model's chat template);
@@ -57,12 +74,22 @@ class ParallelCompLLM(CustomLLM):
     `metadata.context_window` is what the engine accepts (`max_context_tokens`);
     `native_window` is the model's trained window.
 
+    Function calling (`chat_with_tools`, `predict_and_call`, `FunctionAgent`): the tools go to
+    the engine in OpenAI's function format, through the model's chat template where it takes
+    them, else as Hermes-style prompt text (`parallelcomp_llm.tools`); `tool_required=True`, or
+    a tool's name as `tool_choice`, makes the grammar force a valid call. A response's calls
+    are `ToolCallBlock`s of its message (`tool_calling`); streams show only text, never a
+    call's markup, and give the calls with the final response. Structured output
+    (`structured_predict`, `as_structured_llm` and their async and streaming variants) decodes
+    under the output class's JSON schema (`response_format`), so the result always validates.
+
     Per-call keyword arguments: `context`; with it, `system_prompt` (every chunk's system turn;
     the field of that name is LlamaIndex's, which `predict` puts in front of its templates);
     `max_tokens` (or `max_new_tokens`), `temperature`, `top_p`, `top_k`, `seed`, `stop`,
-    `ignore_eos` (the engine's `DecodeSettings`, over the fields of the same names). Final
-    responses (for streams: the last one) have a `raw` dict with the token `usage` and the
-    engine's `answer` (`responses`).
+    `ignore_eos`, `response_format` (the engine's `DecodeSettings`, over the fields of the same
+    names); for chats, `tools` and `tool_choice` (the engine's). Final responses (for streams:
+    the last one) have a `raw` dict with the token `usage` and the engine's `answer`
+    (`responses`).
 
     Args:
         engine: the engine to use; default: `ParallelCompEngine.default()` (SmolLM2-135M-Instruct).
@@ -125,6 +152,7 @@ class ParallelCompLLM(CustomLLM):
                 if template is None
                 else template
             ),
+            is_function_calling_model=True,
             model_name=self.model_name,
         )
 
@@ -149,12 +177,20 @@ class ParallelCompLLM(CustomLLM):
             prompt = self.completion_to_prompt(prompt)
         return self._engine.stream_complete(prompt, settings)
 
-    def _chat_stream(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> AnswerStream:
+    def _chat_stream(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+    ) -> tuple[AnswerStream, ShownText]:
+        """The engine's stream of a chat, and what of its text a stream shows (not the calls)."""
         context = kwargs.pop("context", None)
-        turns = [
-            {"role": message.role.value, "content": message.content or ""} for message in messages
-        ]
-        return self._engine.stream_chat(turns, self._settings(kwargs), context=context)
+        tools, tool_choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+        stream = self._engine.stream_chat(
+            engine_messages(messages),
+            self._settings(kwargs),
+            context=context,
+            tools=tools,
+            tool_choice=tool_choice,
+        )
+        return stream, ShownText(None if tools is None else ToolSet(tools, tool_choice))
 
     def context_call(self, prompt: BasePromptTemplate, **prompt_args: Any) -> ContextCall | None:
         """`prompt` with `prompt_args` as a question over the context argument (`context_str` or
@@ -186,12 +222,14 @@ class ParallelCompLLM(CustomLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        answer = self._chat_stream(messages, kwargs).wait()
+        stream, _ = self._chat_stream(messages, kwargs)
+        answer = stream.wait()
         return responses.chat(answer.text, answer=answer)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return responses.stream_responses(self._chat_stream(messages, kwargs), responses.chat)
+        stream, shown = self._chat_stream(messages, kwargs)
+        return responses.stream_responses(stream, responses.chat, shown)
 
     # -- async: the model runs in worker threads ----------------------------------------------
 
@@ -212,7 +250,7 @@ class ParallelCompLLM(CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        stream = await asyncio.to_thread(self._chat_stream, messages, kwargs)
+        stream, _ = await asyncio.to_thread(self._chat_stream, messages, kwargs)
         answer = await stream.wait_async()
         return responses.chat(answer.text, answer=answer)
 
@@ -220,8 +258,153 @@ class ParallelCompLLM(CustomLLM):
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        stream = await asyncio.to_thread(self._chat_stream, messages, kwargs)
-        return responses.astream_responses(stream, responses.chat)
+        stream, shown = await asyncio.to_thread(self._chat_stream, messages, kwargs)
+        return responses.astream_responses(stream, responses.chat, shown)
+
+    # -- function calling ---------------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The `chat` keywords of a chat with `tools`: the messages (`chat_history`, then
+        `user_msg`), the tools in OpenAI's function format (none for an empty list) and the
+        `tool_choice`: as given (a tool's name, 'auto', 'none', 'required' or OpenAI's dict),
+        else 'required' when `tool_required`, else the engine's 'auto'. Other keywords (such as
+        `context` and decoding settings) go with them."""
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        if tool_choice is None and tool_required:
+            tool_choice = "required"
+        return {
+            "messages": messages,
+            "tools": openai_tools(tools) or None,
+            "tool_choice": tool_choice,
+            **kwargs,
+        }
+
+    def _validate_chat_with_tools_response(
+        self,
+        response: ChatResponse,
+        tools: Sequence[BaseTool],
+        allow_parallel_tool_calls: bool = False,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """The response, with its first call alone unless parallel calls are allowed."""
+        return response if allow_parallel_tool_calls else first_call_only(response)
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The calls of a chat response (its `ToolCallBlock`s) as `ToolSelection`s;
+        `ValueError` when it makes none and `error_on_no_tool_call`."""
+        return tool_selections(response, error_on_no_tool_call)
+
+    # -- structured output: constrained decoding ----------------------------------------------
+
+    def template_request(
+        self, prompt: BasePromptTemplate, prompt_args: dict[str, Any], options: dict[str, Any]
+    ) -> TemplateRequest:
+        """`prompt` with `prompt_args` as one call with the keyword `options`: a question over
+        the context argument (as `predict` sends it), else the rendered messages for a chat
+        model, else the rendered prompt."""
+        call = self.context_call(prompt, **prompt_args)
+        if call is not None:
+            return TemplateRequest(None, call.question, {**call.options, **options})
+        if self.metadata.is_chat_model:
+            return TemplateRequest(self._get_messages(prompt, **prompt_args), None, options)
+        return TemplateRequest(None, self._get_prompt(prompt, **prompt_args), options)
+
+    @dispatcher.span
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """An `output_cls` instance, decoded under its JSON schema (the engine's
+        `response_format`), so it always validates; a template with a context argument is
+        answered over that context. This direct path replaces LlamaIndex's default for
+        function-calling LLMs (a forced tool call); with `pydantic_program_mode` other than
+        DEFAULT, LlamaIndex's program of that mode runs instead. `AnswerFormatError` when the
+        answer reached `max_tokens` before the value was complete."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        request = self._structured_call(output_cls, prompt, llm_kwargs, prompt_args)
+        return _structured_output(request.send(self))
+
+    @dispatcher.span
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """`structured_predict` for async callers."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return await super().astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        request = self._structured_call(output_cls, prompt, llm_kwargs, prompt_args)
+        return _structured_output(await request.asend(self))
+
+    def _structured_stream_call(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Generator[Model | FlexibleModel, None, None]:
+        """The objects of `stream_structured_predict`: partial ones as the JSON is decoded
+        (under the schema, as in `structured_predict`), the validated instance last."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return super()._structured_stream_call(output_cls, prompt, llm_kwargs, **prompt_args)
+        options = structured.with_format(llm_kwargs, output_cls)
+        request = self.template_request(prompt, prompt_args, options)
+        return structured.partial_outputs(request.stream(self), output_cls)
+
+    async def _structured_astream_call(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> AsyncIterator[Model | FlexibleModel]:
+        """`_structured_stream_call` for `astream_structured_predict`."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return await super()._structured_astream_call(
+                output_cls, prompt, llm_kwargs, **prompt_args
+            )
+        options = structured.with_format(llm_kwargs, output_cls)
+        request = self.template_request(prompt, prompt_args, options)
+        return structured.apartial_outputs(await request.astream(self), output_cls)
+
+    def _structured_call(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None,
+        prompt_args: dict[str, Any],
+    ) -> TemplateRequest:
+        """The request of a (not streamed) structured call, its start told to LlamaIndex's
+        instrumentation (which `stream_structured_predict` does itself)."""
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(
+                output_cls=output_cls, template=prompt, template_args=prompt_args
+            )
+        )
+        options = structured.with_format(llm_kwargs, output_cls)
+        return self.template_request(prompt, prompt_args, options)
 
     # -- templates with a context: the context goes to the engine as such -------------------
 
@@ -270,6 +453,14 @@ class ParallelCompLLM(CustomLLM):
         dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=prompt_args))
         completions = await self.astream_complete(call.question, **call.options)
         return await astream_completion_response_to_tokens(completions)
+
+
+def _structured_output(response: ChatResponse | CompletionResponse) -> BaseModel:
+    """The validated output of a structured call's response, its end told to LlamaIndex's
+    instrumentation."""
+    output = structured.parsed(response)
+    dispatcher.event(LLMStructuredPredictEndEvent(output=output))
+    return output
 
 
 def _refuse_output_parsers(llm: ParallelCompLLM, prompt: BasePromptTemplate) -> None:

@@ -1,11 +1,14 @@
 """Engine answers and answer streams as LlamaIndex completion and chat responses.
 
 A streamed response carries the text so far and its delta; the stream ends with one response
-whose delta is empty and whose `raw` is set. `raw` is a dict: `usage` (`prompt_tokens`,
+whose `raw` is set and whose delta is empty (in a chat with tools, the text held back as a
+possible call that was none). `raw` is a dict: `usage` (`prompt_tokens`,
 `completion_tokens`, `total_tokens`: what LlamaIndex's `TokenCountingHandler` reads, the engine's
-counts) and `answer`, the engine's `Answer` (statistics, kept chunks). Async callers read the
-engine stream's async iteration, so the event loop never waits on the model, and leaving early
-cancels the request.
+counts) and `answer`, the engine's `Answer` (statistics, kept chunks). A chat answer's tool calls
+are `ToolCallBlock`s of its message, after its text; a streamed chat with tools shows only text
+(`tool_calling.ShownText`), and its final response has the calls. Async callers read the engine
+stream's async iteration, so the event loop never waits on the model, and leaving early cancels
+the request.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from llama_index.core.base.llms.types import (
     ChatResponse,
     CompletionResponse,
     MessageRole,
+    TextBlock,
 )
 
 from parallelcomp_llm import Answer, AnswerStream
+
+from .tool_calling import ShownText, call_blocks
 
 ResponseT = TypeVar("ResponseT", CompletionResponse, ChatResponse)
 Build = Callable[[str, str | None, Answer | None], ResponseT]
@@ -48,35 +54,49 @@ def completion(
 
 
 def chat(text: str, delta: str | None = None, answer: Answer | None = None) -> ChatResponse:
-    """An assistant chat response; `answer` is the engine's result, set on the final response."""
+    """An assistant chat response; `answer` is the engine's result, set on the final response,
+    whose tool calls follow the text as `ToolCallBlock`s."""
+    calls = call_blocks(answer.tool_calls) if answer is not None else []
     return ChatResponse(
-        message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
+        message=ChatMessage(role=MessageRole.ASSISTANT, blocks=[TextBlock(text=text), *calls]),
         delta=delta,
         raw=raw(answer),
     )
 
 
-def stream_responses(stream: AnswerStream, build: Build[ResponseT]) -> Iterator[ResponseT]:
-    """The responses of an engine stream, built with `build` (`completion` or `chat`)."""
-    text = ""
+def stream_responses(
+    stream: AnswerStream, build: Build[ResponseT], shown: ShownText | None = None
+) -> Iterator[ResponseT]:
+    """The responses of an engine stream, built with `build` (`completion` or `chat`), one for
+    each piece of text `shown` lets show (default: all of it), then the final one."""
+    shown = shown or ShownText()
     try:
         for delta in stream:
-            text += delta
-            yield build(text, delta, None)
-        yield build(text, "", stream.answer)
+            added = shown.add(delta)
+            if added:
+                yield build(shown.shown, added, None)
+        yield final(stream, build, shown)
     finally:
         stream.close()
 
 
 async def astream_responses(
-    stream: AnswerStream, build: Build[ResponseT]
+    stream: AnswerStream, build: Build[ResponseT], shown: ShownText | None = None
 ) -> AsyncIterator[ResponseT]:
     """`stream_responses` for async callers."""
-    text = ""
+    shown = shown or ShownText()
     try:
         async for delta in stream:
-            text += delta
-            yield build(text, delta, None)
-        yield build(text, "", stream.answer)
+            added = shown.add(delta)
+            if added:
+                yield build(shown.shown, added, None)
+        yield final(stream, build, shown)
     finally:
         stream.cancel()
+
+
+def final(stream: AnswerStream, build: Build[ResponseT], shown: ShownText) -> ResponseT:
+    """The last response of a stream read to its end: the final text (`ShownText.final_text`),
+    the text still to show as its delta, and the engine's answer."""
+    text = shown.final_text(stream.answer)
+    return build(text, shown.rest(text), stream.answer)
