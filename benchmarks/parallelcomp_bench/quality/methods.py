@@ -1,6 +1,7 @@
 """The methods of the quality evaluation, by name: our engine (`parallelcomp`,
-`parallelcomp-noevict`, `parallelcomp-merge`) and the baselines, each over its own `ParallelCompEngine` so that every
-method sees the same model, device, dtype, attention kernel and prompt."""
+`parallelcomp-noevict`, `parallelcomp-merge`), the long-context baselines and the retrieval
+baselines (`rag-bm25*`), each over its own `ParallelCompEngine` so that every method sees the
+same model, device, dtype, attention kernel and prompt."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
 from .baselines import FullPromptMethod
 from .device_costs import freeing_memory_on_failure
 from .items import Item, Method, MethodOutput
+from .retrieval import BUDGETS, RetrievalMethod
 from .sink_window import SinkWindowMethod
 
 # Every item is a new context: keeping encoded contexts for reuse would only hold memory (and
@@ -68,6 +70,13 @@ _METHODS: dict[str, tuple[dict[str, Any], _Build]] = {
     "rope-ntk": ({}, partial(FullPromptMethod, rope_type="dynamic")),
     "rope-yarn": ({}, partial(FullPromptMethod, rope_type="yarn")),
     "sink-window": ({}, SinkWindowMethod),
+    **{
+        "rag-bm25" + ("" if budget == "kept" else f"-{budget}"): (
+            {},
+            partial(RetrievalMethod, budget=budget),
+        )
+        for budget in BUDGETS
+    },
 }
 
 METHOD_NAMES: tuple[str, ...] = tuple(_METHODS)
