@@ -2,7 +2,8 @@
 
 `ParallelCompLLM` (a `BaseLLM`) and `ChatParallelComp` (a `BaseChatModel`) take long context as the
 `context=` keyword, or as long prompts; `create_long_context_chain` answers `{"documents", "input"}`
-with `{"answer", "context"}` (the kept documents), as `create_retrieval_chain` does.
+with `{"answer", "context"}` (the kept documents), as `create_retrieval_chain` does. The chat model
+also calls tools (`bind_tools`) and answers in a schema (`with_structured_output`).
 """
 
 from .chains import create_long_context_chain

@@ -1,4 +1,5 @@
-"""`ChatParallelComp`: a LangChain `BaseChatModel` over a `ParallelCompEngine`, with chat template."""
+"""`ChatParallelComp`: a LangChain `BaseChatModel` over a `ParallelCompEngine`: chats through the
+model's template, tool calling (`bind_tools`) and structured output (`with_structured_output`)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,28 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, ModelProfile
+from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from pydantic import BaseModel
 
-from parallelcomp_llm import Answer, InvalidInputError
+from parallelcomp_llm import Answer, ToolSet
 
 from .context import identified
 from .messages import chat_turns
 from .metadata import answer_metadata, usage_metadata
 from .settings import OpenStream, ParallelCompSettings
-from .streams import aanswer_events, answer_events
+from .streams import Event, aanswer_events, answer_events
+from .structured_output import StructuredOutputMethod, parsed_output, structured_model
+from .tool_calls import (
+    TOOL_KEYWORDS,
+    LangChainTool,
+    engine_tool_choice,
+    message_tool_calls,
+    openai_tools,
+    tool_call_message_chunks,
+)
 
 
 class ChatParallelComp(ParallelCompSettings, BaseChatModel):
@@ -36,6 +48,11 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
     `ParallelCompContextOverflowError` (the engine's `ContextTooLongError` and LangChain's
     `ContextOverflowError`). The context is identified by its digest in invocation params and the
     LLM cache key, never inlined.
+
+    Tools (`bind_tools`) are offered through the chat template where it takes them, else as the
+    engine's Hermes-style text; the calls come back as `AIMessage.tool_calls`, and a stream with
+    tools bound brings its text and calls at the end. `with_structured_output` decodes under the
+    schema's grammar. Both work over any context, with ParallelComp too.
 
     Example:
         ```python
@@ -61,17 +78,63 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
             video_inputs=False,
             pdf_inputs=False,
             text_outputs=True,
-            tool_calling=False,
-            structured_output=False,
+            tool_calling=True,
+            tool_choice=True,
+            tool_call_streaming=True,
+            structured_output=True,
         )
 
     def get_num_tokens_from_messages(
-        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+        self, messages: list[BaseMessage], tools: Sequence[LangChainTool] | None = None
     ) -> int:
-        """Tokens of the prompt the messages make with the model's chat template."""
-        if tools:
-            raise InvalidInputError("ChatParallelComp does not support tools")
-        return len(self.engine.prompts.chat_prompt_ids(chat_turns(messages)))
+        """Tokens of the prompt the messages make with the model's chat template, with `tools`
+        offered as a call would offer them (through the template, or as text)."""
+        tool_set = ToolSet(openai_tools(tools)) if tools else None
+        return len(self.engine.prompts.chat_prompt_ids(chat_turns(messages), tool_set))
+
+    def bind_tools(
+        self,
+        tools: Sequence[LangChainTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """The model with `tools` offered on every call (converted to OpenAI's function format by
+        `convert_to_openai_tool`), and `kwargs` bound as other call keywords.
+
+        `tool_choice`: None or "auto" (the model decides), "none" (no call), "any", "required"
+        or True (a call of some tool), a tool's name or `{"type": "function", "function":
+        {"name": ...}}` (a call of that tool). A forced call is made by the grammar, so it is
+        always a call of an allowed tool with arguments of its schema. The engine checks the
+        tools and the choice when the model is called, before any model work.
+        """
+        choice = engine_tool_choice(tool_choice)
+        if choice is not None:
+            kwargs["tool_choice"] = choice
+        return self.bind(tools=openai_tools(tools), **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: StructuredOutputMethod = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """The model answering in `schema` (a pydantic class, a TypedDict class, a JSON schema
+        with a `title`, or an OpenAI function dict): an instance of a pydantic class, else a dict.
+
+        `method`: "json_schema" (the answer is the schema's JSON value), "function_calling" (a
+        forced call of a tool of the schema) or "json_mode" (a JSON object; the prompt says which
+        keys). Each decodes under a grammar, so answers always follow the schema (JSON mode: are
+        JSON objects) and `strict` changes nothing. An answer cut by `max_tokens` is refused
+        (`OutputParserException`). With `include_raw`, the output is `{"raw": message,
+        "parsed": value or None, "parsing_error": error or None}`. `kwargs` are bound as call
+        keywords (e.g. `context=`, `max_tokens=`).
+        """
+        model, parser = structured_model(self, schema, method, strict, kwargs)
+        return parsed_output(model, parser, include_raw)
 
     def _get_invocation_params(
         self, stop: list[str] | None = None, **kwargs: Any
@@ -85,29 +148,44 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
     def _open(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> OpenStream:
-        context, decoding = self._call_settings(stop, kwargs)
+        """Start one engine chat: the call's tools as they are, its other keywords as the
+        context and decoding settings."""
+        tools = {name: value for name, value in kwargs.items() if name in TOOL_KEYWORDS}
+        settings = {name: value for name, value in kwargs.items() if name not in TOOL_KEYWORDS}
+        context, decoding = self._call_settings(stop, settings)
         turns = chat_turns(messages)
-        return lambda: self.engine.stream_chat(turns, decoding, context=context)
+        return lambda: self.engine.stream_chat(turns, decoding, context=context, **tools)
 
     def _result(self, answer: Answer) -> ChatResult:
         message = AIMessage(
             content=answer.text,
+            tool_calls=message_tool_calls(answer),
             response_metadata=answer_metadata(answer, self.model_name),
             usage_metadata=usage_metadata(answer),
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _chunk(self, event: str | Answer) -> ChatGenerationChunk:
+    def _chunks(self, event: Event, tools_bound: bool) -> list[ChatGenerationChunk]:
+        """The stream's chunks for one event. A text delta is a chunk as it comes, except while
+        tools are bound: the generated text may be call markup, which only the whole answer
+        tells apart, so then the answer brings its text and one chunk per call. The answer
+        closes the stream with a chunk of its metadata."""
         if isinstance(event, str):
-            return ChatGenerationChunk(message=AIMessageChunk(content=event))
-        return ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                chunk_position="last",
-                response_metadata=answer_metadata(event, self.model_name),
-                usage_metadata=usage_metadata(event),
-            )
+            if tools_bound:
+                return []
+            return [ChatGenerationChunk(message=AIMessageChunk(content=event))]
+        messages = []
+        if tools_bound:
+            if event.text:
+                messages.append(AIMessageChunk(content=event.text))
+            messages += tool_call_message_chunks(event)
+        last = AIMessageChunk(
+            content="",
+            chunk_position="last",
+            response_metadata=answer_metadata(event, self.model_name),
+            usage_metadata=usage_metadata(event),
         )
+        return [ChatGenerationChunk(message=message) for message in [*messages, last]]
 
     def _generate(
         self,
@@ -137,7 +215,7 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         for event in answer_events(self._open(messages, stop, kwargs)):
-            yield self._chunk(event)
+            yield from self._chunks(event, kwargs.get("tools") is not None)
 
     async def _astream(
         self,
@@ -147,4 +225,5 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         async for event in aanswer_events(self._open(messages, stop, kwargs)):
-            yield self._chunk(event)
+            for chunk in self._chunks(event, kwargs.get("tools") is not None):
+                yield chunk

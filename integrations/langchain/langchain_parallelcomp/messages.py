@@ -1,10 +1,14 @@
-"""LangChain messages as the engine's chat turns (`{"role", "content"}` dicts)."""
+"""LangChain messages as the engine's chat turns (OpenAI-style `{"role", "content"}` dicts, an
+AI message's tool calls as `tool_calls`, a tool result with its `tool_call_id`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from langchain_core.messages import BaseMessage, ChatMessage
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, ToolMessage
+
+from parallelcomp_llm import ToolCall
 
 _ROLES = {
     "human": "user",
@@ -15,14 +19,23 @@ _ROLES = {
 }
 
 
-def chat_turns(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """One turn per message, with the chat-template role names and the message's text."""
-    return [
-        {
-            "role": message.role
-            if isinstance(message, ChatMessage)
-            else _ROLES.get(message.type, message.type),
-            "content": str(message.text),
-        }
-        for message in messages
-    ]
+def chat_turn(message: BaseMessage) -> dict[str, Any]:
+    """One turn: the chat-template role name and the message's text, with the calls of an AI
+    message (arguments as dicts) and the call id a tool message answers."""
+    role = (
+        message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type, message.type)
+    )
+    turn: dict[str, Any] = {"role": role, "content": str(message.text)}
+    if isinstance(message, AIMessage) and message.tool_calls:
+        turn["tool_calls"] = [
+            ToolCall(call["id"] or "", call["name"], call["args"]).openai()
+            for call in message.tool_calls
+        ]
+    if isinstance(message, ToolMessage):
+        turn["tool_call_id"] = message.tool_call_id
+    return turn
+
+
+def chat_turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """One turn per message (`chat_turn`)."""
+    return [chat_turn(message) for message in messages]

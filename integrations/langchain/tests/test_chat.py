@@ -112,7 +112,6 @@ def test_profile_declares_the_window_the_engine_accepts(engine):
     assert chat.profile["max_input_tokens"] == chat.context_window == engine.context_window
     assert chat.native_window == engine.native_window == 512
     assert engine.context_window > engine.native_window
-    assert chat.profile["tool_calling"] is False
 
 
 def test_token_counting_uses_the_model_tokenizer(chat, engine):
@@ -124,6 +123,6 @@ def test_bad_input_raises_the_engine_errors(chat):
     with pytest.raises(InvalidInputError, match="last message is empty"):
         chat.invoke([HumanMessage("Hi"), AIMessage("")])
     with pytest.raises(InvalidInputError, match="unexpected keyword"):
-        chat.invoke("hi", tools=[])
+        chat.invoke("hi", functions=[])
     with pytest.raises(ValueError, match="either `engine` or `model`"):
         ChatParallelComp(engine=chat.engine, model="some/model")
