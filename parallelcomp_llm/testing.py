@@ -104,6 +104,14 @@ def tiny_model(
     return model.eval()
 
 
+def tiny_model_folder(folder: Path, window: int = 512, seed: int = 0) -> Path:
+    """`folder` holding a tiny Llama of `window` tokens and the tiny tokenizer, saved as a model
+    folder (for code that loads models by path)."""
+    tiny_model("llama", window=window, seed=seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def tiny_engine(architecture: str = "llama", window: int = 512, seed: int = 0, **settings):
     """A `ParallelCompEngine` over a fresh tiny model; `settings` are `ParallelCompConfig` fields
     (small question and answer reserves unless given)."""

@@ -20,7 +20,13 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from parallelcomp_llm.errors import InvalidInputError
 from parallelcomp_llm.kvcache import run_on_cache, tensors_of
-from parallelcomp_llm.testing import text_of_tokens, tiny_engine, tiny_model, tiny_tokenizer
+from parallelcomp_llm.testing import (
+    text_of_tokens,
+    tiny_engine,
+    tiny_model,
+    tiny_model_folder,
+    tiny_tokenizer,
+)
 
 WINDOW = 1024
 
@@ -29,9 +35,7 @@ WINDOW = 1024
 def model_dir(tmp_path_factory):
     """A tiny Llama (trained window 1024) with a chat-template tokenizer, saved as a folder."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", window=WINDOW, seed=1).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return tiny_model_folder(path, window=WINDOW, seed=1)
 
 
 LONG_CONTEXT = tuple(name for name in METHOD_NAMES if not name.startswith("rag-"))

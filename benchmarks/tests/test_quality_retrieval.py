@@ -9,7 +9,7 @@ from parallelcomp_bench.quality.items import Item
 from parallelcomp_bench.quality.methods import make_method
 from parallelcomp_bench.quality.retrieval import NODE_TOKENS
 
-from parallelcomp_llm.testing import PASSKEY_NOISE, tiny_model, tiny_tokenizer
+from parallelcomp_llm.testing import PASSKEY_NOISE, tiny_model_folder
 
 WINDOW = 2048
 NEEDLES = (
@@ -21,9 +21,7 @@ NEEDLES = (
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llama-rag")
-    tiny_model("llama", window=WINDOW, seed=2).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return tiny_model_folder(path, window=WINDOW, seed=2)
 
 
 @pytest.fixture(scope="module")

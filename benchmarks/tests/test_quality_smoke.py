@@ -11,7 +11,7 @@ from parallelcomp_bench.quality.report import write_report
 from parallelcomp_bench.quality.results import record_key
 from parallelcomp_bench.quality.suites import build_items, item_groups
 
-from parallelcomp_llm.testing import tiny_model, tiny_tokenizer
+from parallelcomp_llm.testing import tiny_model_folder
 
 WINDOW = 2048
 
@@ -19,9 +19,7 @@ WINDOW = 2048
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", window=WINDOW).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
+    return tiny_model_folder(folder, window=WINDOW)
 
 
 def test_run_writes_results_resumes_and_reports(model_dir, tmp_path):

@@ -32,7 +32,8 @@ def _ordered_methods(records: Iterable[dict]) -> list[str]:
     return [m for m in METHOD_NAMES if m in present] + sorted(present - set(METHOD_NAMES))
 
 
-def _label(length: int) -> str:
+def length_label(length: int) -> str:
+    """A length in tokens as the tables write it: 16K for 16,384."""
     return f"{length // 1024}K" if length % 1024 == 0 else str(length)
 
 
@@ -40,7 +41,8 @@ def _mean_cell(scores: Sequence[float]) -> str:
     return f"{100 * statistics.fmean(scores):.1f} ({len(scores)})" if scores else "–"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
@@ -68,7 +70,7 @@ def task_average(records: list[dict]) -> dict[str, dict[int, list[float]]]:
 def _length_table(table: dict[str, dict[int, list[float]]], methods: list[str]) -> list[str]:
     lengths = sorted({length for m in methods for length in table[m]})
     rows = [[m] + [_mean_cell(table[m].get(length, [])) for length in lengths] for m in methods]
-    return _table(["method"] + [_label(length) for length in lengths], rows)
+    return markdown_table(["method"] + [length_label(length) for length in lengths], rows)
 
 
 def _cost_table(records: list[dict], methods: list[str]) -> list[str]:
@@ -83,7 +85,7 @@ def _cost_table(records: list[dict], methods: list[str]) -> list[str]:
         rows.append(
             [
                 method,
-                _label(length),
+                length_label(length),
                 str(len(group)),
                 f"{statistics.median(r['prefill_seconds'] for r in group):.2f}",
                 f"{statistics.median(r['seconds'] for r in group):.2f}",
@@ -92,7 +94,7 @@ def _cost_table(records: list[dict], methods: list[str]) -> list[str]:
             ]
         )
     header = ["method", "length", "n", "prefill s", "item s", "peak GiB", "KV kept"]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def heat_map(records: list[dict], method: str) -> tuple[list[int], list[float], list[list[float]]]:
@@ -143,9 +145,9 @@ def markdown(by_suite: dict[str, list[dict]]) -> str:
             scores: dict[tuple[str, str], list[float]] = defaultdict(list)
             for r in at_length:
                 scores[(r["task"], r["method"])].append(r["score"])
-            lines += ["", f"### RULER at {_label(length)}: per task (items in brackets)", ""]
+            lines += ["", f"### RULER at {length_label(length)}: per task (items in brackets)", ""]
             rows = [[t] + [_mean_cell(scores[(t, m)]) for m in methods] for t in tasks]
-            lines += _table(["task"] + methods, rows)
+            lines += markdown_table(["task"] + methods, rows)
     if "needle" in by_suite:
         records = by_suite["needle"]
         for method in _ordered_methods(records):
@@ -155,7 +157,7 @@ def markdown(by_suite: dict[str, list[dict]]) -> str:
                 [f"{depth:.0%}"] + ["–" if math.isnan(v) else f"{100 * v:.0f}" for v in row]
                 for depth, row in zip(depths, grid, strict=True)
             ]
-            lines += _table(["depth"] + [_label(n) for n in lengths], rows)
+            lines += markdown_table(["depth"] + [length_label(n) for n in lengths], rows)
     lines += [
         "",
         "## Costs (medians over answered items of all suites)",
@@ -173,8 +175,8 @@ def markdown(by_suite: dict[str, list[dict]]) -> str:
             errors[(r["method"], r["length"], r["error"].split(":")[0])] += 1
     if errors:
         lines += ["", "## Errors (scored 0)", ""]
-        rows = [[m, _label(n), e, str(c)] for (m, n, e), c in sorted(errors.items())]
-        lines += _table(["method", "length", "error", "items"], rows)
+        rows = [[m, length_label(n), e, str(c)] for (m, n, e), c in sorted(errors.items())]
+        lines += markdown_table(["method", "length", "error", "items"], rows)
     return "\n".join(lines) + "\n"
 
 
@@ -191,7 +193,7 @@ def _accuracy_plot(table: dict[str, dict[int, list[float]]], title: str, path: P
         axes.plot(lengths, values, marker="o", label=method)
     axes.set_xscale("log", base=2)
     ticks = sorted({n for m in table for n in table[m]})
-    axes.set_xticks(ticks, [_label(n) for n in ticks])
+    axes.set_xticks(ticks, [length_label(n) for n in ticks])
     axes.set_ylim(-2, 102)
     axes.set_xlabel("context length (model tokens)")
     axes.set_ylabel("score (%)")
@@ -216,7 +218,7 @@ def _heat_map_plot(records: list[dict], path: Path) -> None:
     for axis, method in zip(axes[0], methods, strict=True):
         lengths, depths, grid = heat_map(records, method)
         image = axis.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        axis.set_xticks(range(len(lengths)), [_label(n) for n in lengths])
+        axis.set_xticks(range(len(lengths)), [length_label(n) for n in lengths])
         axis.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
         axis.set_xlabel("context length")
         axis.set_ylabel("needle depth")

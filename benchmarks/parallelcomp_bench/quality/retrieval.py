@@ -11,9 +11,17 @@ kept chunks), the whole window (`rag-bm25-window`), or a fixed number of tokens 
 prefill time, as it would for a new corpus. Every budget ranks the same nodes for an item, so the
 methods of one process share the ranking of the last few items (`RANKINGS`); each method still
 reports the retrieval time that its ranking took.
+
+bm25s selects its top nodes with JAX where JAX is installed, and JAX takes three quarters of a
+GPU's memory when it starts there: this module keeps JAX on the CPU (`JAX_PLATFORMS`, unless the
+environment sets it) before bm25s is imported.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import threading
 import time
