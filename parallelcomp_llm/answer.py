@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import InvalidInputError
+from .errors import AnswerFormatError, InvalidInputError
 from .response_format import ResponseFormat
 
 
@@ -107,7 +107,12 @@ class Answer:
     def parsed(self) -> Any:
         """The answer as its `response_format`'s value: an instance of the pydantic model it was
         asked for, else the JSON value (the text for a grammar). `AnswerFormatError` when it
-        ended before the value was complete; `InvalidInputError` when no format was asked."""
+        ended before the value was complete, or is a tool call instead; `InvalidInputError` when
+        no format was asked."""
+        if self.tool_calls:
+            raise AnswerFormatError(
+                "the answer is a tool call (see tool_calls), not a value of the response format"
+            )
         if self.response_format is None:
             raise InvalidInputError(
                 "this answer was asked without a response_format: there is nothing to parse"

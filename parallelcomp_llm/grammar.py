@@ -95,10 +95,10 @@ class Grammars:
         return TokenConstraint(llguidance.LLMatcher(tokenizer, grammar), tokenizer.vocab_size)
 
     def _grammar(self, response_format: ResponseFormat) -> str:
-        if response_format.json_schema is not None:
-            key = ("json", json.dumps(response_format.json_schema))
-        else:
+        if response_format.lark is not None:
             key = ("lark", response_format.lark)
+        else:
+            key = ("json", json.dumps(response_format.json_schema))
         with self._lock:
             return self._compiled(key)
 
@@ -118,6 +118,12 @@ class Grammars:
                 f"the response_format's {what} does not compile: {'; '.join(messages)}"
             )
         return grammar
+
+
+def lark_json(schema: dict) -> str:
+    """`schema` as a JSON value inside a Lark grammar (llguidance's `%json`), compiled as JSON
+    answers are (`closed_objects`, `JSON_OPTIONS`)."""
+    return "%json " + json.dumps(closed_objects(schema) | {"x-guidance": JSON_OPTIONS})
 
 
 def closed_objects(schema: object) -> object:

@@ -56,19 +56,15 @@ class Intake:
         options: dict[str, Any],
         tools: ToolSet | None = None,
     ) -> DecodeSettings:
-        """A call's decoding settings, its `response_format` the grammar of the call that
-        `tools` force, if they do, and compiled (`InvalidInputError` when it does not)."""
+        """A call's decoding settings, its `response_format` shaped by `tools`
+        (`ToolSet.response_format`) and compiled (`InvalidInputError` when it does not)."""
         config = self.config
         decoding = DecodeSettings.for_call(
             settings, options, config.answer_reserve_tokens, config.max_new_tokens_limit
         )
-        if tools is not None and tools.forced:
-            if decoding.response_format is not None:
-                raise InvalidInputError(
-                    f"tool_choice={tools.choice!r} makes the answer a tool call: it cannot also "
-                    "take a response_format"
-                )
-            decoding = decoding.model_copy(update={"response_format": tools.response_format()})
+        if tools is not None:
+            shape = tools.response_format(decoding.response_format)
+            decoding = decoding.model_copy(update={"response_format": shape})
         self.grammars.check(decoding.response_format)
         return decoding
 

@@ -13,10 +13,11 @@ from .errors import AnswerFormatError, CheckedModel, InvalidInputError, validati
 
 
 class ResponseFormat(CheckedModel):
-    """The shape every answer of a request takes. Exactly one of `json_schema` (a JSON schema:
-    the answer is one JSON value that validates against it) and `lark` (a Lark grammar, in
-    llguidance's dialect). `model`, when the format came from a pydantic model class, is that
-    class: `parse` then returns an instance of it.
+    """The shape every answer of a request takes: `json_schema` (a JSON schema: the answer is one
+    JSON value that validates against it) or `lark` (a Lark grammar, in llguidance's dialect).
+    With both, `lark` shapes decoding and `json_schema` reads the answer (a chat with tools and a
+    response format: a call or the value). `model`, when the format came from a pydantic model
+    class, is that class: `parse` then returns an instance of it.
 
     `ResponseFormat.of` takes what callers write; see its docstring.
     """
@@ -30,8 +31,8 @@ class ResponseFormat(CheckedModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> ResponseFormat:
-        if (self.json_schema is None) == (self.lark is None):
-            raise ValueError("give exactly one of json_schema and lark")
+        if self.json_schema is None and self.lark is None:
+            raise ValueError("give json_schema or lark")
         if self.lark is not None and not self.lark.strip():
             raise ValueError("lark must be a non-empty grammar")
         if self.model is not None and self.json_schema is None:

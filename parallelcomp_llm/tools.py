@@ -23,6 +23,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from .answer import Answer, ToolCall
 from .errors import CheckedModel, InvalidInputError
+from .grammar import lark_json
 from .response_format import ResponseFormat
 
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
@@ -38,9 +39,7 @@ class Tool(CheckedModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str = ""
-    parameters: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "object", "properties": {}}
-    )
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
     @field_validator("parameters")
     @classmethod
@@ -117,21 +116,39 @@ class ToolSet:
         """The tools the prompt shows the model (none for 'none')."""
         return [] if self.choice == "none" else self.tools
 
-    def response_format(self) -> ResponseFormat | None:
-        """The grammar of a forced call: one JSON object naming a tool the choice allows, with
-        arguments of that tool's schema; None when the model may answer freely."""
-        if not self.forced:
-            return None
-        allowed = [t for t in self.tools if self.choice in ("required", t.name)]
+    def response_format(self, answer: ResponseFormat | None) -> ResponseFormat | None:
+        """The grammar of the answer, given the `answer` format the caller asked for (if any).
+
+        A forced call: one JSON object naming a tool the choice allows, with arguments of that
+        tool's schema (an `answer` format applies to later, unforced turns, as in OpenAI's API).
+        With 'auto' and a JSON-schema `answer`: one or more tagged calls, or the value; without
+        an `answer`: None (the model answers freely). With 'none': `answer` itself.
+        """
         calls = [
             {
                 "type": "object",
                 "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
                 "required": ["name", "arguments"],
             }
-            for tool in allowed
+            for tool in self.tools
+            if self.choice in ("auto", "required", tool.name)
         ]
-        return ResponseFormat(json_schema=calls[0] if len(calls) == 1 else {"anyOf": calls})
+        call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        if self.forced:
+            return ResponseFormat(json_schema=call)
+        if answer is None or self.choice == "none":
+            return answer
+        if answer.json_schema is None or answer.lark is not None:
+            raise InvalidInputError(
+                "with tools, a response_format must be a JSON schema (the answer is then a call "
+                "or a value of the schema)"
+            )
+        lark = (
+            "start: call+ | value\n"
+            f'call: "<tool_call>\\n" {lark_json(call)} "\\n</tool_call>\\n"\n'
+            f"value: {lark_json(answer.json_schema)}\n"
+        )
+        return answer.model_copy(update={"lark": lark})
 
     def instructions(self) -> str:
         """The tools offered as prompt text, for templates without tool support and for chats
@@ -141,7 +158,7 @@ class ToolSet:
             "You may call these tools, described as JSON schemas:\n"
             f"<tools>\n{listed}\n</tools>\n"
             "To call one, answer with a JSON object with the tool's name and arguments, inside "
-            "tags:\n<tool_call>\n{\"name\": <tool name>, \"arguments\": <arguments object>}\n"
+            'tags:\n<tool_call>\n{"name": <tool name>, "arguments": <arguments object>}\n'
             "</tool_call>"
         )
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from parallelcomp_llm import Answer, AnswerStats, InvalidInputError, Tool, ToolSet
+from parallelcomp_llm import (
+    Answer,
+    AnswerFormatError,
+    AnswerStats,
+    InvalidInputError,
+    Tool,
+    ToolSet,
+)
 from parallelcomp_llm.testing import (
     forward_shapes,
     text_of_tokens,
@@ -170,10 +177,6 @@ def tiny_engine_with(tokenizer):
         ({"tools": ["get_weather"]}, "a tool must be"),
         ({"tools": [{"name": "bad name!"}]}, "invalid Tool: name"),
         ({"tools": [{"name": "t", "parameters": {"type": "string"}}]}, "type object"),
-        (
-            {"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "object"}},
-            "cannot also take a response_format",
-        ),
     ],
 )
 def test_bad_tool_input_is_refused_before_any_model_work(engine, keywords, message):
@@ -205,3 +208,41 @@ def test_bad_tool_calls_in_the_history_are_refused(engine):
     misplaced = {"role": "user", "content": "hi", "tool_calls": []}
     with pytest.raises(InvalidInputError, match="in an assistant message"):
         engine.chat([misplaced])
+
+
+def test_with_auto_tools_a_response_format_answer_is_a_call_or_a_value(engine):
+    from pydantic import BaseModel, Field
+
+    class Verdict(BaseModel):
+        city: str = Field(max_length=6)
+        sunny: bool
+
+    kinds = set()
+    for seed in range(12):
+        answer = engine.chat(
+            ASK,
+            tools=[WEATHER],
+            response_format=Verdict,
+            max_new_tokens=320,
+            temperature=1.0,
+            seed=seed,
+        )
+        if answer.tool_calls:  # one or more calls (a random model may go on calling to the end)
+            kinds.add("call")
+            for call in answer.tool_calls:
+                check_weather_call(call)
+            with pytest.raises(AnswerFormatError, match="is a tool call"):
+                answer.parsed()
+        else:
+            kinds.add("value")
+            assert answer.finish_reason == "stop"
+            assert isinstance(answer.parsed(), Verdict)
+    assert kinds == {"call", "value"}
+    forced = engine.chat(
+        ASK, tools=[WEATHER], tool_choice="required", response_format=Verdict, max_new_tokens=160
+    )
+    check_weather_call(forced.tool_calls[0])  # the format is for later, unforced turns
+    with pytest.raises(InvalidInputError, match="must be a JSON schema"):
+        engine.chat(
+            ASK, tools=[WEATHER], response_format={"type": "grammar", "grammar": 'start: "x"'}
+        )

@@ -275,6 +275,19 @@ def test_an_agent_calls_the_tool_and_answers_with_its_result(chat):
     assert messages[3].tool_calls == []
 
 
+def test_an_agent_with_tools_and_a_response_format_ends_in_the_schema(chat, engine):
+    """The provider strategy binds the tools and the schema together: each answer is calls or
+    the schema's JSON (here the random model's greedy answer is the JSON at once)."""
+    agent = create_agent(chat, tools=[lookup_order], response_format=Person)
+    result = agent.invoke({"messages": [HumanMessage(ASK)]})
+    check_person(result["structured_response"])
+    tools = [convert_to_openai_tool(lookup_order)]
+    turns = [{"role": "user", "content": ASK}]
+    expected = engine.chat(turns, tools=tools, response_format=Person, max_new_tokens=MAX_TOKENS)
+    assert result["messages"][1].content == expected.text
+    assert expected.parsed() == result["structured_response"]
+
+
 def test_a_forced_call_over_a_long_context_goes_through_parallelcomp(chat):
     documents = [text_of_tokens(1200, seed=index) for index in range(3)]
     bound = chat.bind_tools([lookup_order], tool_choice="lookup_order").bind(context=documents)
@@ -297,8 +310,8 @@ def test_profile_declares_tools_and_structured_output(chat):
         ([lookup_order], {"tool_choice": "unknown_tool"}, "tool_choice must be"),
         (
             [lookup_order],
-            {"tool_choice": "any", "response_format": {"type": "json_object"}},
-            "cannot also take",
+            {"response_format": {"type": "grammar", "grammar": 'start: "x"'}},
+            "must be a JSON schema",
         ),
         ([lookup_order, lookup_order], {}, "tool names must be distinct"),
         ([], {}, "non-empty list of tools"),
