@@ -3,31 +3,32 @@
     python examples/llama_index_whole_corpus.py
     python examples/llama_index_whole_corpus.py --folder notes/ --question "Who signed it?"
 
-The files are loaded with `SimpleDirectoryReader`, split into nodes and put in a `VectorStoreIndex`.
-The usual query engine (`index.as_query_engine()`) retrieves the top-k nodes and packs them into
-one prompt; `LongContextQueryEngine` hands every node of the index to the ParallelComp engine in
-one call. Both answers are printed with the nodes they came from. Scores: cosine similarity for
-the top-k engine; for ParallelComp, the question's NLL given the node's chunk (lower is better).
+The files are loaded with `SimpleDirectoryReader` and split into nodes by `SentenceSplitter`. The
+usual retrieval query engine (`RetrieverQueryEngine` over `BM25Retriever`, from
+`llama-index-retrievers-bm25`: no embeddings to download) retrieves the top-k nodes and packs them
+into one prompt; `LongContextQueryEngine` hands every node to the ParallelComp engine in one call.
+Both answers are printed with the nodes they came from. Scores: BM25 for the top-k engine; for
+ParallelComp, the node's relevance share (0 to 1, higher is more relevant). Install the retriever
+with `pip install -e "./integrations/llama_index[examples]"`; the measured comparison, by task
+family, is `docs/long-context-or-retrieval.md`.
 
 Without `--folder`, a demo corpus of about 10,000 tokens (more than the model's trained window)
-is written to a temporary folder. The embedding is a small lexical one (hashed bag of words), so
-nothing is downloaded.
+is written to a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import math
-import re
 import tempfile
 from pathlib import Path
 
-from llama_index.core import Settings, SimpleDirectoryReader, VectorStoreIndex
-from llama_index.core.base.embeddings.base import BaseEmbedding
+import Stemmer
+from llama_index.core import Settings, SimpleDirectoryReader
 from llama_index.core.base.response.schema import Response
 from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.llms.parallelcomp import LongContextQueryEngine, ParallelCompLLM
+from llama_index.retrievers.bm25 import BM25Retriever
 
 from parallelcomp_llm import ParallelCompEngine
 
@@ -38,29 +39,6 @@ DEMO_FILLER = (
     "The committee met on Monday and reviewed the schedule for the coming quarter. "
     "Several members asked for more time, and the discussion moved on to the catering budget. "
 )
-
-
-class HashingEmbedding(BaseEmbedding):
-    """Bag-of-words vectors by feature hashing: a lexical embedding that needs no download."""
-
-    dimensions: int = 2048
-
-    def _vector(self, text: str) -> list[float]:
-        vector = [0.0] * self.dimensions
-        for word in re.findall(r"\w{4,}", text.lower()):
-            digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
-            vector[int.from_bytes(digest, "little") % self.dimensions] += 1.0
-        norm = math.sqrt(sum(value * value for value in vector)) or 1.0
-        return [value / norm for value in vector]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._vector(query)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._vector(text)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._vector(query)
 
 
 def write_demo_corpus(folder: Path, count_tokens) -> Path:
@@ -104,24 +82,24 @@ def main() -> None:
     llm = ParallelCompLLM(engine=ParallelCompEngine.default(chunk_tokens=2048, keep_chunks=2))
     Settings.llm = llm
     Settings.tokenizer = llm.tokenizer  # node sizes and prompt sizes in the model's own tokens
-    Settings.embed_model = HashingEmbedding()
-    Settings.node_parser = SentenceSplitter(chunk_size=512, chunk_overlap=0)
 
     folder = args.folder or write_demo_corpus(Path(tempfile.mkdtemp()), llm.engine.count_tokens)
     documents = SimpleDirectoryReader(
         str(folder), required_exts=[".txt"], recursive=True
     ).load_data()
-    index = VectorStoreIndex.from_documents(documents)
-    nodes = len(index.index_struct.nodes_dict)
-    print(f"{len(documents)} files, {nodes} nodes; question: {args.question}\n")
+    nodes = SentenceSplitter(chunk_size=512, chunk_overlap=0).get_nodes_from_documents(documents)
+    print(f"{len(documents)} files, {len(nodes)} nodes; question: {args.question}\n")
 
+    retriever = BM25Retriever.from_defaults(
+        nodes=nodes, similarity_top_k=args.top_k, stemmer=Stemmer.Stemmer("english")
+    )
     show(
-        f"top-{args.top_k} query engine",
-        index.as_query_engine(similarity_top_k=args.top_k).query(args.question),
+        f"top-{args.top_k} query engine (BM25Retriever)",
+        RetrieverQueryEngine.from_args(retriever, llm=llm).query(args.question),
     )
     show(
         "LongContextQueryEngine (every node)",
-        LongContextQueryEngine.from_index(index, llm=llm).query(args.question),
+        LongContextQueryEngine(llm=llm, nodes=nodes).query(args.question),
     )
 
 
