@@ -19,6 +19,7 @@ from .errors import (
     StageError,
     UnsupportedModelError,
 )
+from .loading import LoadOptions
 from .response_format import ResponseFormat
 from .streams import AnswerStream
 from .tools import Tool, ToolSet
@@ -40,6 +41,7 @@ __all__ = [
     "EngineBusyError",
     "InvalidConfigError",
     "InvalidInputError",
+    "LoadOptions",
     "ModelDownloadError",
     "ParallelCompConfig",
     "ParallelCompEngine",

@@ -40,8 +40,8 @@ class AnswerStats:
     prefill, which the first of them counts in `chunks_prefilled`. `reread` is True when the kept
     chunks were read again as one prompt (`kept_chunks="reread"`): then `kv_entries_kept` counts the
     tokens read again (prefix and kept chunks), and no entry was evicted. `peak_memory_bytes`: on
-    CUDA the peak allocated during the request's batch, on CPU the peak resident set size of the
-    process so far.
+    CUDA the peak allocated during the request's batch (summed over the GPUs of a model spread
+    over several), on CPU the peak resident set size of the process so far.
     """
 
     context_tokens: int = 0
@@ -59,6 +59,12 @@ class AnswerStats:
     peak_memory_bytes: int = 0
     scorer: str | None = None
     chunks: list[ChunkInfo] = field(default_factory=list)
+
+    @property
+    def input_tokens(self) -> int:
+        """Tokens the caller supplied: the whole context plus the prompt or question block
+        (`prompt_tokens` counts the kept KV entries in place of the context)."""
+        return self.context_tokens + self.prompt_tokens - self.kv_entries_kept
 
     @property
     def kept_documents(self) -> list[int]:

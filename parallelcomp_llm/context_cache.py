@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from .chunking import Chunk, ChunkPlan, Span
+from .device import Placement, per_layer
 from .errors import InvalidInputError
 from .prefill import EncodedBatch
 
@@ -47,8 +48,9 @@ def context_key(model_key: str, prefix_ids: list[int], chunks: list[Chunk]) -> s
 
 def model_key(model: PreTrainedModel, plan: ChunkPlan, prefix_ids: list[int]) -> str:
     """The identity of a model and of the settings that shape its encoded chunks: its config, a
-    sample of its weights, its dtype, the chunk plan and the prompt prefix."""
-    parameters = list(model.parameters())
+    sample of its weights (of those not offloaded to the meta device), its dtype, the chunk plan
+    and the prompt prefix."""
+    parameters = [p for p in model.parameters() if p.device.type != "meta"]
     sample = [
         float(p.detach().flatten()[:4096].double().sum()) for p in (parameters[0], parameters[-1])
     ]
@@ -66,7 +68,8 @@ def model_key(model: PreTrainedModel, plan: ChunkPlan, prefix_ids: list[int]) ->
 @dataclass
 class ContextCache:
     """Encoded chunks of one context, for one model and settings (`model_key`), each prefilled
-    after `prefix_ids` (the prompt template's prefix, with the system prompt if one was given)."""
+    after `prefix_ids` (the prompt template's prefix, with the system prompt if one was given);
+    each layer's KV on one device (its layer's, or the CPU)."""
 
     model_key: str
     context_key: str
@@ -88,13 +91,16 @@ class ContextCache:
             )
 
     @property
-    def device(self) -> torch.device:
-        return self.batches[0].keys[0].device
+    def devices(self) -> list[torch.device]:
+        """Each layer's device."""
+        return [keys.device for keys in self.batches[0].keys]
 
-    def to(self, device: torch.device) -> ContextCache:
-        if self.device == device:
+    def to(self, devices: Placement) -> ContextCache:
+        """This cache with each layer's KV on `devices` (one per layer, or one for all)."""
+        devices = per_layer(devices, len(self.batches[0].keys))
+        if self.devices == devices:
             return self
-        batches = [batch.to(device) for batch in self.batches]
+        batches = [batch.to(devices) for batch in self.batches]
         return dataclasses.replace(self, batches=batches)
 
     def save(self, path: str | Path) -> None:
@@ -210,12 +216,20 @@ def _checked(header: dict, tensors: dict[str, torch.Tensor]) -> ContextCache:
 class CacheStore:
     """Least-recently-used context caches within a device budget, then a host budget (bytes).
 
-    Thread-safe: the engine's worker reads and fills it while callers load or clear caches.
+    The device tier keeps each layer's KV on `devices` (the layer's device; one device for all
+    layers); it is off when they are all the CPU. Thread-safe: the engine's worker reads and
+    fills it while callers load or clear caches.
     """
 
-    def __init__(self, device: torch.device, device_budget: int, host_budget: int) -> None:
-        self.device = device
-        self.device_budget = device_budget if device.type != "cpu" else 0
+    def __init__(
+        self,
+        devices: Placement,
+        device_budget: int,
+        host_budget: int,
+    ) -> None:
+        self.devices = devices
+        named = [devices] if isinstance(devices, torch.device) else list(devices)
+        self.device_budget = device_budget if any(d.type != "cpu" for d in named) else 0
         self.host_budget = host_budget
         self._device: OrderedDict[str, ContextCache] = OrderedDict()
         self._host: OrderedDict[str, ContextCache] = OrderedDict()
@@ -226,13 +240,13 @@ class CacheStore:
         return max(self.device_budget, self.host_budget)
 
     def get(self, key: str) -> ContextCache | None:
-        """The cache for `key` on the engine's device, marked most recently used, or None."""
+        """The cache for `key` on the engine's devices, marked most recently used, or None."""
         with self._lock:
             cache = self._device.pop(key, None) or self._host.pop(key, None)
             if cache is None:
                 return None
             self.put(cache)
-        return cache.to(self.device)
+        return cache.to(self.devices)
 
     def put(self, cache: ContextCache) -> None:
         """Keep `cache` (if it fits a budget at all), evicting least recently used ones."""
@@ -240,7 +254,7 @@ class CacheStore:
             self._device.pop(cache.context_key, None)
             self._host.pop(cache.context_key, None)
             if cache.nbytes <= self.device_budget:
-                self._device[cache.context_key] = cache.to(self.device)
+                self._device[cache.context_key] = cache.to(self.devices)
                 self._shrink(self._device, self.device_budget, demote=True)
             elif cache.nbytes <= self.host_budget:
                 self._host[cache.context_key] = cache.to(torch.device("cpu"))

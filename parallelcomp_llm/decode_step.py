@@ -14,6 +14,7 @@ Both take each row's next token and position and return the logits (rows, vocab)
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -21,6 +22,7 @@ from transformers import PreTrainedModel, StaticCache
 from transformers.cache_utils import Cache, DynamicCache, StaticLayer
 
 from .attention import AttentionProbe
+from .device import model_device, offloaded
 from .errors import InvalidConfigError
 from .kvcache import cache_argument, run_on_cache, tensors_of
 from .tracing import StageTracer
@@ -42,21 +44,29 @@ def static_cache_fits(model: PreTrainedModel) -> bool:
 
 
 def resolve_step_kind(
-    setting: DecodeStepSetting, device: torch.device, model: PreTrainedModel, calibrated: bool
+    setting: DecodeStepSetting,
+    devices: Sequence[torch.device],
+    model: PreTrainedModel,
+    calibrated: bool,
 ) -> StepKind:
-    """The step an engine decodes with: `auto` captures CUDA graphs on a GPU when the model's
-    cache can be static and no calibration masks apply, and grows the cache otherwise. `static`
-    and `cuda_graph` are refused where they cannot run."""
+    """The step an engine decodes with: `auto` captures CUDA graphs when the whole model is on
+    one GPU (its `devices`; no weights offloaded), its cache can be static and no calibration
+    masks apply, and grows the cache otherwise. `static` and `cuda_graph` are refused where they
+    cannot run."""
     possible = static_cache_fits(model) and not calibrated
+    one_gpu = len(devices) == 1 and devices[0].type == "cuda" and not offloaded(model)
     if setting == "auto":
-        return "cuda_graph" if possible and device.type == "cuda" else "dynamic"
+        return "cuda_graph" if possible and one_gpu else "dynamic"
     if setting != "dynamic" and not possible:
         raise InvalidConfigError(
             f"decode_step={setting!r} needs a model without sliding-window layers and no "
             "attention-bias calibration (calibration_layers=None)"
         )
-    if setting == "cuda_graph" and device.type != "cuda":
-        raise InvalidConfigError("decode_step='cuda_graph' needs a CUDA device")
+    if setting == "cuda_graph" and not one_gpu:
+        raise InvalidConfigError(
+            "decode_step='cuda_graph' needs a CUDA device, with the whole model on it (not "
+            "spread over several devices or offloaded by a device map)"
+        )
     return setting
 
 
@@ -79,7 +89,7 @@ class DynamicStep:
         mask = self.attention_mask
         if mask is not None:
             mask = self.attention_mask = torch.cat([mask, mask.new_ones((len(tokens), 1))], dim=1)
-        device = tensors_of(self.cache)[0][0].device
+        device = model_device(self.model)
         return run_on_cache(
             self.model,
             torch.tensor([[token] for token in tokens], device=device),
@@ -94,11 +104,10 @@ class StaticSlot:
     """A static cache of `rows` x `length` entries with the step's input buffers, its padding
     mask, and the step's forward pass (run directly, or replayed from a captured graph)."""
 
-    def __init__(
-        self, model: PreTrainedModel, rows: int, length: int, device: torch.device
-    ) -> None:
+    def __init__(self, model: PreTrainedModel, rows: int, length: int) -> None:
         self.model = model
         self.cache = StaticCache(config=model.config, max_cache_len=length)
+        device = model_device(model)
         self.mask = torch.zeros((rows, length), dtype=torch.bool, device=device)
         self.write_index = torch.zeros(1, dtype=torch.long, device=device)
         self.input_ids = torch.zeros((rows, 1), dtype=torch.long, device=device)
@@ -178,7 +187,7 @@ class StepGraphs:
         if slot is None:
             while len(self._slots) >= KEPT_GRAPHS:
                 self._slots.popitem(last=False)
-            slot = StaticSlot(model, key[0], length, keys.device)
+            slot = StaticSlot(model, key[0], length)
             slot.load(cache, attention_mask)
             slot.capture(cache, attention_mask)
         else:
@@ -221,9 +230,8 @@ class StaticStep:
                 if self.graphs is not None:
                     self.slot = self.graphs.slot(self.model, cache, attention_mask, self.length)
                 else:
-                    keys = tensors_of(cache)[0][0]
-                    rows = int(keys.shape[0])
-                    self.slot = StaticSlot(self.model, rows, self.length, keys.device)
+                    rows = int(tensors_of(cache)[0][0].shape[0])
+                    self.slot = StaticSlot(self.model, rows, self.length)
                     self.slot.load(cache, attention_mask)
         return self.slot
 

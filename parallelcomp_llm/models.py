@@ -1,10 +1,11 @@
-"""Loading causal LMs for the engine: supported architectures, device and dtype, attention kernel,
-the special tokens that pad and end answers, and what a calibrator needs of the model."""
+"""Loading causal LMs for the engine: supported architectures, device (or device map) and dtype,
+attention kernel, the special tokens that pad and end answers, and what a calibrator needs of the
+model."""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from transformers import (
 
 from .attention import implementation_name, register_hooked_kernels
 from .errors import InvalidConfigError, InvalidInputError, ModelDownloadError, UnsupportedModelError
+from .loading import LoadOptions
 from .stages.calibration import Calibrator
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -43,18 +45,42 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def resolve_placement(device: str, options: LoadOptions) -> torch.device:
+    """The device the model is loaded onto (the `device` setting), or, when `options` has a
+    device map, the main device the map uses (the one the dtype is chosen for). A map that names
+    CUDA without it, and an explicit `device` other than the one device a map names, are
+    refused."""
+    if not options.places_model:
+        return resolve_device(device)
+    named = options.mapped_devices()
+    if device != "auto" and named != [device]:
+        raise InvalidConfigError(
+            f"device={device!r} conflicts with device_map={options.device_map!r}: the device "
+            "map places the model, so leave device as 'auto'"
+        )
+    cuda = [name for name in named if name.startswith("cuda")]
+    if cuda and not torch.cuda.is_available():
+        raise InvalidConfigError(f"device_map names {cuda[0]!r}, but CUDA is not available")
+    if named and not cuda:
+        return torch.device(named[0])
+    return resolve_device("auto")
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[dtype]
 
 
-def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """The transformers attention kernel to wrap: flash_attention_2 only where it can run."""
-    flash_installed = importlib.util.find_spec("flash_attn") is not None
+def resolve_kernel(kernel: str, devices: Sequence[torch.device]) -> str:
+    """The transformers attention kernel to wrap: flash_attention_2 only where it can run (every
+    one of the model's `devices` a CUDA device)."""
+    flash_runs = importlib.util.find_spec("flash_attn") is not None and all(
+        device.type == "cuda" for device in devices
+    )
     if kernel == "auto":
-        return "flash_attention_2" if flash_installed and device.type == "cuda" else "sdpa"
-    if kernel == "flash_attention_2" and not (flash_installed and device.type == "cuda"):
+        return "flash_attention_2" if flash_runs else "sdpa"
+    if kernel == "flash_attention_2" and not flash_runs:
         raise InvalidConfigError(
             "attn_implementation='flash_attention_2' needs CUDA and the flash-attn package "
             "(pip install 'parallelcomp-llm[flash]')"
@@ -95,6 +121,9 @@ def _loading_errors(name_or_path: str | Path) -> Iterator[None]:
         raise InvalidInputError(f"model path {text!r} does not exist")
     try:
         yield
+    except ImportError as error:
+        reason = " ".join(str(error).split())
+        raise InvalidConfigError(f"cannot load {text!r} as asked: {reason}") from error
     except (OSError, ValueError) as error:
         reason = " ".join(str(error).split())
         if local:
@@ -116,16 +145,24 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_model_and_tokenizer(
-    name_or_path: str | Path, device: torch.device, dtype: torch.dtype
+    name_or_path: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    options: LoadOptions | None = None,
 ) -> tuple[PreTrainedModel, object]:
     """Load a supported causal LM and its tokenizer, checking the architecture before the weights
-    (errors as `_loading_errors` says)."""
+    (errors as `_loading_errors` says), with the loading `options`; the model goes to `device`
+    unless transformers places it (a device map, or quantized weights)."""
+    options = options or LoadOptions()
+    hub, weights = options.hub_keywords(), options.model_keywords(device)
     with _loading_errors(name_or_path):
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, **hub)
         check_supported(config)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    return model.to(device).eval(), tokenizer
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **weights)
+    if "device_map" not in weights:
+        model = model.to(device)
+    return model.eval(), tokenizer
 
 
 def check_calibrator(calibrator: Calibrator | None, config, kernel: str, kept_chunks: str) -> None:

@@ -8,84 +8,42 @@ over the merged KV (with attention-bias calibration) and decodes. With `kept_chu
 a question whose kept chunks fit the trained window reads them again as one prompt instead of
 merging their KV (`reread`), and no chunk's KV is kept for it when any choice would fit. The
 stages are the objects of `parallelcomp_llm.stages`; every stage runs inside a traced span
-(`tracing`), and a `StatsRecorder` per question fills its `AnswerStats`.
+(`tracing`), and a `StatsRecorder` per question fills its `AnswerStats`. The per-batch work
+(question pass, scoring, KV selection) is `ChunkReader`'s; with prefill workers
+(`prefill_workers`), the batches of a long context run on them and their selections are added
+into each question's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .answer import Answer
-from .attention import AttentionProbe
+from .chunk_reader import ChunkReader, Selection, most_relevant
 from .config import ParallelCompConfig
 from .context_cache import CacheStore, ContextCache
 from .decode_step import resolve_step_kind
 from .decoding import Decoder
-from .device import model_device, reporting_memory_errors, start_measuring
+from .device import layer_devices, model_devices, reporting_memory_errors, start_measuring
 from .encoder import ChunkEncoder, PrefillCount
 from .final_pass import FinalRow, run_final_pass, run_prompt
 from .grammar import Grammars
-from .merging import StoredChunk, merge_chunks, store_chunk
+from .merging import merge_chunks
 from .models import checked_between_layers, end_token_ids, pad_token_id, use_hooked_attention
-from .prefill import EncodedBatch, question_pass
+from .prefill_workers import ChunkBatches, PrefillWorkers
 from .requests import Encoding, PromptRequest, Request
 from .reread import Reread
 from .scheduler import BatchControl
-from .stages import BudgetSplit, ChunkEntries, QuestionEvidence, Stages, WindowAttention
-from .stages.contract import (
-    checked_picks,
-    checked_relevance,
-    checked_shares,
-    checked_split,
-    checked_surviving,
-)
+from .stages import BudgetSplit, Stages
+from .stages.contract import checked_shares, checked_split, checked_surviving
 from .stats import StatsRecorder
 from .tracing import StageTracer
 
 Events = Iterator[tuple[int, str | Answer]]
 """(row, text delta) as text becomes final, and (row, Answer) when the row has finished."""
-
-
-def most_relevant(relevance: list[float], keep: int) -> list[int]:
-    """The indices of the `keep` most relevant chunks, in context order (ties: the earlier)."""
-    order = sorted(range(len(relevance)), key=lambda index: relevance[index], reverse=True)
-    return sorted(order[:keep])
-
-
-@dataclass
-class Selection:
-    """One question's reading of the context, batch after batch: each chunk's relevance (scored
-    whenever there is more than one chunk, for attribution) and, by chunk index, the KV after KV
-    eviction of the chunks it may still keep (when `store`: the question may merge them)."""
-
-    score: bool
-    rank: bool
-    evict: bool
-    store: bool
-    relevance: list[float] = field(default_factory=list)
-    stored: dict[int, StoredChunk] = field(default_factory=dict)
-
-    def add(self, stored: dict[int, StoredChunk], keep: int) -> None:
-        """Take a batch's stored chunks; when chunks are ranked, hold on only to the `keep` most
-        relevant so far (the chunks kept at the end are among them), so that memory holds at
-        most `keep` chunks and one batch per question."""
-        self.stored |= stored
-        if self.rank:
-            best = set(most_relevant(self.relevance, keep))
-            self.stored = {index: chunk for index, chunk in self.stored.items() if index in best}
-
-    @classmethod
-    def under(cls, split: BudgetSplit, encoding: Encoding, store: bool) -> Selection:
-        """What the budget asks of the context: rank its chunks when not all are kept, evict KV
-        when a chunk is longer than its share and its KV is stored."""
-        chunks, budget = encoding.chunks, split.entries_per_chunk
-        long_chunk = budget is not None and any(len(chunk) > budget for chunk in chunks)
-        rank = split.keep_chunks < len(chunks)
-        return cls(score=len(chunks) > 1, rank=rank, evict=store and long_chunk, store=store)
 
 
 class Pipeline:
@@ -112,6 +70,9 @@ class Pipeline:
         self.dedupe_prefix = dedupe_prefix
         self.kernel = kernel
         self.reread = reread
+        self.reader = ChunkReader(model, stages, tracer, pad_id)
+        self.workers: PrefillWorkers | None = None
+        """Where the chunk batches of a long context run when set; else here."""
 
     @classmethod
     def build(
@@ -140,7 +101,7 @@ class Pipeline:
             tracer,
         )
         calibrated = stages.calibrator is not None
-        step_kind = resolve_step_kind(config.decode_step, model_device(model), model, calibrated)
+        step_kind = resolve_step_kind(config.decode_step, model_devices(model), model, calibrated)
         end_ids = end_token_ids(model, tokenizer)
         decoder = Decoder(model, tokenizer, end_ids, pad_id, tracer, step_kind, grammars)
         return cls(
@@ -162,9 +123,9 @@ class Pipeline:
         in case other code (a baseline over the same model) switched it."""
         use_hooked_attention(self.model, self.kernel)
         encoding = next((r.encoding for r in requests if r.encoding.cache), requests[0].encoding)
-        device = model_device(self.model)
-        with reporting_memory_errors(device):
-            recorders = self.recorders(encoding, len(requests), device)
+        devices = model_devices(self.model)
+        with reporting_memory_errors(*devices):
+            recorders = self.recorders(encoding, len(requests), devices)
             budget, chunks = self.stages.budget, len(encoding.chunks)
             split = checked_split(budget, budget.split(chunks), chunks)
             selections = [
@@ -173,17 +134,9 @@ class Pipeline:
             ]
             count = PrefillCount()
             progress = any(request.progress for request in requests)
+            questions = [request.question_ids for request in requests]
             with checked_between_layers(self.model, control.check):
-                for batch in self.encoder.batches(encoding, count, progress):
-                    for request, selection in zip(requests, selections, strict=True):
-                        evidence = self.question_pass(batch, encoding, request, selection)
-                        if selection.score:
-                            selection.relevance += self.score(evidence)
-                        if selection.store:
-                            stored = self.select_kv(batch, encoding, evidence, split)
-                            selection.add(stored, split.keep_chunks)
-                        del evidence  # its logits: one question's at a time
-                    del batch
+                self.read_chunks(encoding, questions, selections, split, count, progress, control)
                 rows = []
                 for number, (request, selection) in enumerate(
                     zip(requests, selections, strict=True)
@@ -203,6 +156,45 @@ class Pipeline:
             settings = [request.settings for request in requests]
             yield from self.decoder.answers(state, settings, recorders, control)
 
+    def read_chunks(
+        self,
+        encoding: Encoding,
+        questions: list[list[int]],
+        selections: list[Selection],
+        split: BudgetSplit,
+        count: PrefillCount,
+        progress: bool,
+        control: BatchControl,
+    ) -> None:
+        """Every batch of the context's chunks read for every question, into its selection: by
+        the prefill workers when there are some and the context takes more than one batch to
+        prefill (and is not kept encoded), else here."""
+        plan = self.encoder.plan(encoding) if self.workers is not None else None
+        if plan is None or len(plan) < 2:
+            for batch in self.encoder.batches(encoding, count, progress):
+                self.reader.read(batch, encoding, questions, selections, split)
+            return
+        layers = layer_devices(self.model)
+        work = ChunkBatches(encoding, plan, questions, selections, split)
+        with self.tracer.span("chunk_prefill"):
+            for parts in self.workers.read(work, control.check):
+                for selection, part in zip(selections, parts, strict=True):
+                    selection.add(part.relevance, part.to(layers).stored, split.keep_chunks)
+        count.chunks += len(encoding.chunks)
+
+    def read_batches(
+        self, work: ChunkBatches, control: BatchControl
+    ) -> Iterator[tuple[int, list[Selection]]]:
+        """Prefill the batches of `work` and read them for its questions, for a prefill worker:
+        yield (0, the questions' selections, on the CPU)."""
+        devices = model_devices(self.model)
+        with reporting_memory_errors(*devices), checked_between_layers(self.model, control.check):
+            for indices in work.batches:
+                batch = self.encoder.prefill(work.encoding, indices)
+                self.reader.read(batch, work.encoding, work.questions, work.selections, work.split)
+                del batch
+        yield (0, [selection.to(torch.device("cpu")) for selection in work.selections])
+
     def may_merge(self, request: Request, split: BudgetSplit) -> bool:
         """Whether the request may merge the KV of its kept chunks (so that it is stored): not
         when it reads them again whatever chunks it keeps."""
@@ -214,88 +206,16 @@ class Pipeline:
         return self.reread is not None and self.reread.fits([len(chunks[i]) for i in kept], request)
 
     def recorders(
-        self, encoding: Encoding, questions: int, device: torch.device
+        self, encoding: Encoding, questions: int, devices: tuple[torch.device, ...]
     ) -> list[StatsRecorder]:
         """A statistics recorder per question of a batch whose work starts now."""
-        started = start_measuring(device)
+        started = start_measuring(*devices)
         counts = {
             "context_tokens": encoding.context_tokens,
             "chunks_total": len(encoding.chunks),
             "batch_size": questions,
         }
-        return [StatsRecorder(device, started, **counts) for _ in range(questions)]
-
-    def question_pass(
-        self, batch: EncodedBatch, encoding: Encoding, request: Request, selection: Selection
-    ) -> QuestionEvidence | None:
-        """The question after every chunk of `batch`, recording the attention the scorer and
-        the selector read; None when nothing is scored or evicted."""
-        if not (selection.score or selection.evict):
-            return None
-        scorer, selector = self.stages.scorer, self.stages.selector
-        asked = [scorer.observation_window if selection.score else None]
-        asked.append(selector.observation_window if selection.evict else None)
-        question_ids = request.question_ids
-        windows = {window: min(window, len(question_ids)) for window in asked if window}
-        probe = AttentionProbe(windows=windows.values())
-        with self.tracer.span("question_pass"):
-            logits = question_pass(self.model, batch, question_ids, probe, self.pad_id)
-        return QuestionEvidence(
-            logits,
-            question_ids,
-            [slice(len(encoding.prefix_ids), length) for length in batch.lengths],
-            {
-                window: WindowAttention(probe.window_scores[queries], queries)
-                for window, queries in windows.items()
-            },
-        )
-
-    def score(self, evidence: QuestionEvidence) -> list[float]:
-        """Each chunk's relevance to the question, by the scorer."""
-        scorer = self.stages.scorer
-        with self.tracer.span("chunk_scoring"):
-            relevance = scorer.score(evidence)
-        return checked_relevance(scorer, relevance, len(evidence.context))
-
-    def select_kv(
-        self,
-        batch: EncodedBatch,
-        encoding: Encoding,
-        evidence: QuestionEvidence | None,
-        split: BudgetSplit,
-    ) -> dict[int, StoredChunk]:
-        """Every chunk of `batch`, by index, copied out with the KV entries the selector keeps
-        within the budget (all entries of a chunk within it) and its prefix."""
-        selector, budget = self.stages.selector, split.entries_per_chunk
-        window, prefix = selector.observation_window, len(encoding.prefix_ids)
-        stored = {}
-        with self.tracer.span("kv_selection"):
-            for row, index in enumerate(batch.chunk_indices):
-                length = len(encoding.chunks[index])
-                context = slice(prefix, prefix + length)
-                picks = None
-                if evidence is not None and budget is not None and length > budget:
-                    attention = evidence.window_attention(window).scores if window else None
-                    picks = [
-                        self._picked(
-                            ChunkEntries(
-                                layer,
-                                batch.keys[layer][row, :, context],
-                                batch.values[layer][row, :, context],
-                                attention[layer][row, :, context] if attention else None,
-                            ),
-                            budget,
-                        )
-                        for layer in range(len(batch.keys))
-                    ]
-                stored[index] = store_chunk(batch, row, length, prefix, picks)
-        return stored
-
-    def _picked(self, entries: ChunkEntries, budget: int) -> torch.Tensor:
-        selector = self.stages.selector
-        picked = selector.select(entries, budget)
-        heads, count = int(entries.keys.shape[0]), min(budget, entries.tokens)
-        return checked_picks(selector, picked, heads, count)
+        return [StatsRecorder(devices, started, **counts) for _ in range(questions)]
 
     def keep_chunks(
         self,
@@ -310,7 +230,7 @@ class Pipeline:
         chunks, scorer, budget = encoding.chunks, self.stages.scorer, self.stages.budget
         shares = [1.0]
         if selection.score:
-            shares = scorer.shares(selection.relevance, len(request.question_ids))
+            shares = scorer.shares(selection.in_order(len(chunks)), len(request.question_ids))
             shares = checked_shares(scorer, shares, len(chunks))
         with self.tracer.span("chunk_eviction"):
             if selection.score:
@@ -358,8 +278,8 @@ class Pipeline:
         self, encoding: Encoding, progress: bool, control: BatchControl
     ) -> Iterator[tuple[int, ContextCache]]:
         """Prefill every chunk of one context, for `engine.encode`: yield (0, its cache)."""
-        device = model_device(self.model)
-        with reporting_memory_errors(device), checked_between_layers(self.model, control.check):
+        devices = model_devices(self.model)
+        with reporting_memory_errors(*devices), checked_between_layers(self.model, control.check):
             batches = list(self.encoder.batches(encoding, PrefillCount(), progress, explicit=True))
         yield (
             0,
@@ -375,10 +295,10 @@ class Pipeline:
 
     def continue_prompt(self, request: PromptRequest, control: BatchControl) -> Events:
         """Run a plain prompt as an ordinary LLM and decode (`complete`, `chat`)."""
-        device = model_device(self.model)
-        with reporting_memory_errors(device):
+        devices = model_devices(self.model)
+        with reporting_memory_errors(*devices):
             recorder = StatsRecorder(
-                device, start_measuring(device), prompt_tokens=len(request.prompt_ids)
+                devices, start_measuring(*devices), prompt_tokens=len(request.prompt_ids)
             )
             with (
                 self.tracer.span("prompt_prefill"),

@@ -15,7 +15,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .attention import AttentionProbe
-from .device import model_device
+from .device import Placement, model_device, placed
 from .kvcache import cache_from_tensors, run_on_cache, tensors_of
 
 QUESTION_BUCKET = 32
@@ -23,7 +23,8 @@ QUESTION_BUCKET = 32
 
 @dataclass
 class EncodedBatch:
-    """KV of right-padded `[prefix][chunk]` rows: per layer (rows, kv_heads, width, head_dim).
+    """KV of right-padded `[prefix][chunk]` rows: per layer (rows, kv_heads, width, head_dim),
+    each layer's on that layer's device.
 
     Row `r` holds chunk `chunk_indices[r]`: `lengths[r]` real entries, then padding.
     """
@@ -47,12 +48,13 @@ class EncodedBatch:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
-    def to(self, device: torch.device) -> EncodedBatch:
+    def to(self, devices: Placement) -> EncodedBatch:
+        """This batch with each layer's KV on `devices` (one per layer, or one for all)."""
         return EncodedBatch(
             self.chunk_indices,
             self.lengths,
-            [t.to(device) for t in self.keys],
-            [t.to(device) for t in self.values],
+            placed(self.keys, devices),
+            placed(self.values, devices),
         )
 
 
@@ -88,13 +90,13 @@ def question_pass(
     different lengths reuse the same kernel shapes; the padding changes no score. The batch's
     stored KV is left as it was.
     """
-    device = batch.keys[0].device
+    device = model_device(model)
     rows, q_len = len(batch.lengths), len(question_ids)
     missing = -q_len % QUESTION_BUCKET
     tokens = [pad_id] * missing + question_ids
     input_ids = torch.tensor([tokens], dtype=torch.long, device=device).expand(rows, -1)
     question_mask = torch.tensor([[0] * missing + [1] * q_len], device=device).expand(rows, -1)
-    attention_mask = torch.cat([batch.attention_mask, question_mask], dim=1)
+    attention_mask = torch.cat([batch.attention_mask.to(device), question_mask], dim=1)
     offsets = torch.tensor([0] * missing + list(range(q_len)), device=device)
     position_ids = torch.tensor(batch.lengths, device=device)[:, None] + offsets[None, :]
     cache = cache_from_tensors(batch.keys, batch.values)

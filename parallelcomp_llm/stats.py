@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -12,11 +13,11 @@ from .device import peak_memory
 
 
 class StatsRecorder:
-    """The statistics of one request of a batch whose work started at `started`
-    (`device.start_measuring`)."""
+    """The statistics of one request of a batch whose work, on the model's `devices`, started at
+    `started` (`device.start_measuring`)."""
 
-    def __init__(self, device: torch.device, started: float, **counts: int) -> None:
-        self.device = device
+    def __init__(self, devices: Sequence[torch.device], started: float, **counts: int) -> None:
+        self.devices = devices
         self.started = started
         self.decoding_from = started
         self.stats = AnswerStats(**counts)
@@ -69,5 +70,5 @@ class StatsRecorder:
         self.stats.new_tokens = new_tokens
         self.stats.prefill_seconds = self.decoding_from - self.started
         self.stats.decode_seconds = time.perf_counter() - self.decoding_from
-        self.stats.peak_memory_bytes = peak_memory(self.device)
+        self.stats.peak_memory_bytes = peak_memory(*self.devices)
         return self.stats

@@ -104,10 +104,10 @@ def tiny_model(
     return model.eval()
 
 
-def tiny_model_folder(folder: Path, window: int = 512, seed: int = 0) -> Path:
-    """`folder` holding a tiny Llama of `window` tokens and the tiny tokenizer, saved as a model
-    folder (for code that loads models by path)."""
-    tiny_model("llama", window=window, seed=seed).save_pretrained(folder)
+def tiny_model_folder(folder: Path, window: int = 512, seed: int = 0, layers: int = 2) -> Path:
+    """`folder` holding a tiny Llama of `window` tokens and `layers` layers and the tiny
+    tokenizer, saved as a model folder (for code that loads models by path)."""
+    tiny_model("llama", window=window, seed=seed, layers=layers).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
 

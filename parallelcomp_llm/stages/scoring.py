@@ -90,7 +90,8 @@ class NllScorer(ChunkScorer):
 @SCORERS.register("attention")
 class AttentionMassScorer(ChunkScorer):
     """The share of the last question tokens' attention that falls on the chunk's context,
-    averaged over those tokens, the layers and the KV heads (0 to 1)."""
+    averaged over those tokens, the layers and the KV heads (0 to 1). Each layer's scores are on
+    its layer's device (several, for a model sharded by a device map)."""
 
     observation_window: ObservationWindow = OBSERVATION_WINDOW
 
@@ -100,10 +101,12 @@ class AttentionMassScorer(ChunkScorer):
 
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
         attention = evidence.window_attention(self.observation_window)
+        device = evidence.logits.device
         rows = []
         for row, context in enumerate(evidence.context):
             per_layer = [
-                scores[row, :, context].sum(dim=-1).mean() for scores in attention.scores.values()
+                scores[row, :, context].sum(dim=-1).mean().to(device)
+                for scores in attention.scores.values()
             ]
             rows.append(torch.stack(per_layer).mean() / attention.queries)
         return torch.stack(rows)
