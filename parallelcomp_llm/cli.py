@@ -1,5 +1,7 @@
 """The `parallelcomp` command: `parallelcomp ask [--model M] --context FILE|DIR|- ... "QUESTION"`
-answers a question over text files; `parallelcomp haystack --tokens N` prints a pass-key haystack.
+answers a question over text files; `parallelcomp serve [--model M] [--host H] [--port P]` runs an
+OpenAI-compatible HTTP server (the `server` extra); `parallelcomp haystack --tokens N` prints a
+pass-key haystack.
 
 Every input is checked before a model loads; a user mistake prints one line
 (`parallelcomp: error: ...`) and exits with status 2.
@@ -17,11 +19,19 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ParallelCompConfig
 from .decode_settings import DecodeSettings
 from .errors import InvalidInputError, ParallelCompError
 from .requests import documents_of
+
+if TYPE_CHECKING:
+    from .engine import ParallelCompEngine
+
+API_KEY_ENV = "PARALLELCOMP_API_KEY"
+"""Environment variable `serve` reads its API key from when `--api-key` is not given."""
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 MAX_FILE_BYTES = 64 * 2**20
 """Largest context file read (262,144 tokens, the default `max_context_tokens`, are about 1 MB of
@@ -119,30 +129,47 @@ def _parser() -> argparse.ArgumentParser:
         "recursively, in path order, is a document (hidden files and folders left out, other "
         "files skipped with a warning); '-' reads standard input; repeatable",
     )
-    ask.add_argument("--model", help="model name or path (default: SmolLM2-135M-Instruct)")
+    _add_engine_options(ask)
     ask.add_argument("--max-new-tokens", type=int, default=None)
     ask.add_argument("--temperature", type=float, default=None, help="0 (the default): greedy")
     ask.add_argument("--top-p", type=float, default=None)
     ask.add_argument("--top-k", type=int, default=None)
     ask.add_argument("--seed", type=int, default=None)
     ask.add_argument("--stop", action="append", default=None, help="stop string; repeatable")
-    ask.add_argument("--keep-chunks", type=float, default=None, help="count (>= 1) or fraction")
-    ask.add_argument(
-        "--kv-budget",
-        type=int,
-        default=None,
-        help="KV entries the answer attends to, shared by the kept chunks",
-    )
-    ask.add_argument("--no-kv-eviction", action="store_true", help="keep whole kept chunks")
-    ask.add_argument("--chunk-tokens", type=int, default=None)
-    ask.add_argument("--chunk-batch-size", type=int, default=None)
-    ask.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
-    ask.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     ask.add_argument(
         "--stats",
         action="store_true",
         help="print the answer's statistics and the engine's settings as JSON to stderr",
     )
+    serve = commands.add_parser(
+        "serve",
+        help="run an OpenAI-compatible HTTP server (needs the server extra)",
+        description="Serve /v1/models, /v1/chat/completions (with documents or an uploaded "
+        "context), /v1/completions, /v1/contexts, /health and /metrics; see docs/serving.md.",
+    )
+    serve.set_defaults(run=_serve)
+    _add_engine_options(serve)
+    serve.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port to bind (default: 8000)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV) or None,
+        help=f"require 'Authorization: Bearer KEY' on every route but /health (default: "
+        f"${API_KEY_ENV}, else no key)",
+    )
+    serve.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the name clients ask for (default: the model folder's name, or the Hub name)",
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=None, help="largest request body")
+    serve.add_argument("--max-contexts", type=int, default=None, help="uploaded corpora kept")
+    serve.add_argument("--max-waiting-requests", type=int, default=None, help="queue bound")
+    serve.add_argument("--max-batch-requests", type=int, default=None)
+    serve.add_argument("--request-timeout-s", type=float, default=None)
+    serve.add_argument("--max-context-tokens", type=int, default=None)
+    serve.add_argument("--max-new-tokens-limit", type=int, default=None)
+    serve.add_argument("--log-level", default="info", choices=sorted(_LOG_LEVELS))
     haystack = commands.add_parser(
         "haystack",
         help="print a pass-key haystack to standard output (its key goes to standard error)",
@@ -160,13 +187,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace) -> ParallelCompConfig:
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The model and the engine settings, which `ask` and `serve` share (`_config`)."""
+    parser.add_argument("--model", help="model name or path (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--keep-chunks", type=float, default=None, help="count (>= 1) or fraction")
+    parser.add_argument(
+        "--kv-budget",
+        type=int,
+        default=None,
+        help="KV entries the answer attends to, shared by the kept chunks",
+    )
+    parser.add_argument("--no-kv-eviction", action="store_true", help="keep whole kept chunks")
+    parser.add_argument("--chunk-tokens", type=int, default=None)
+    parser.add_argument("--chunk-batch-size", type=int, default=None)
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help="spread the model with accelerate: auto, balanced, sequential, or one device "
+        "(leave --device out)",
+    )
+    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of --model")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run the model repository's own code"
+    )
+
+
+def _config(args: argparse.Namespace, **more: object) -> ParallelCompConfig:
+    """The engine settings of the shared options, with `more` settings (None: not given)."""
     overrides = {
         "chunk_tokens": args.chunk_tokens,
         "chunk_batch_size": args.chunk_batch_size,
         "device": args.device,
         "dtype": args.dtype,
         "kv_budget": args.kv_budget,
+        **more,
     }
     if args.keep_chunks is not None:
         keep = args.keep_chunks
@@ -178,9 +234,23 @@ def _config(args: argparse.Namespace) -> ParallelCompConfig:
     return ParallelCompConfig(**overrides)
 
 
-def _ask(args: argparse.Namespace) -> None:
+def _load_engine(args: argparse.Namespace, config: ParallelCompConfig) -> ParallelCompEngine:
+    """The engine over `--model` (a name or path), or over the default model, loaded with the
+    loading options given (a Hub token comes from `HF_TOKEN` or the saved login)."""
     from .engine import ParallelCompEngine
 
+    given = {
+        "device_map": args.device_map,
+        "revision": args.revision,
+        "trust_remote_code": args.trust_remote_code or None,
+    }
+    options = {name: value for name, value in given.items() if value is not None}
+    if args.model:
+        return ParallelCompEngine.from_pretrained(args.model, config, load_options=options)
+    return ParallelCompEngine.default(config, load_options=options)
+
+
+def _ask(args: argparse.Namespace) -> None:
     if not args.question.strip():
         raise InvalidInputError("question is empty")
     documents = _documents(args.context)
@@ -193,11 +263,7 @@ def _ask(args: argparse.Namespace) -> None:
         "seed": args.seed,
     }
     settings = DecodeSettings.from_fields(given, {})
-    config = _config(args)
-    if args.model:
-        engine = ParallelCompEngine.from_pretrained(args.model, config)
-    else:
-        engine = ParallelCompEngine.default(config)
+    engine = _load_engine(args, _config(args))
     stream = engine.stream(documents, args.question, settings, progress=True)
     with closing(stream):
         for delta in stream:
@@ -207,6 +273,37 @@ def _ask(args: argparse.Namespace) -> None:
     if args.stats and stream.answer is not None:
         report = asdict(stream.answer.stats) | {"engine": engine.describe()}
         print(json.dumps(report, indent=2), file=sys.stderr)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from .server import ServerSettings, create_app
+    except ImportError as error:
+        raise ParallelCompError(str(error)) from None
+
+    given = {
+        "host": args.host,
+        "port": args.port,
+        "api_key": args.api_key,
+        "model": args.model,
+        "model_name": args.served_model_name,
+        "max_body_bytes": args.max_body_bytes,
+        "max_contexts": args.max_contexts,
+    }
+    settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})
+    config = _config(
+        args,
+        max_waiting_requests=args.max_waiting_requests,
+        max_batch_requests=args.max_batch_requests,
+        request_timeout_s=args.request_timeout_s,
+        max_context_tokens=args.max_context_tokens,
+        max_new_tokens_limit=args.max_new_tokens_limit,
+    )
+    engine = _load_engine(args, config)
+    app = create_app(engine, settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
 
 
 def _haystack(args: argparse.Namespace) -> None:
