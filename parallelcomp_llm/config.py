@@ -14,6 +14,9 @@ from .stages.calibration import BiasCalibrator, BiasThreshold, LayerRange, Regio
 from .stages.scoring import SCORERS
 from .stages.selection import SELECTORS, ObservationWindow, PoolingKernel, SnapKVSelector
 
+_CHUNK_ROOM_FRACTIONS = {"reread": 0.0625, "merge": 0.25}
+"""The default `chunk_room_fraction` of each way of reading the kept chunks (`kept_chunks`)."""
+
 
 def _stage_default(stage: type[Stage], parameter: str) -> object:
     """The default of a stage's parameter: the one place it is written."""
@@ -40,14 +43,16 @@ class ParallelCompConfig(CheckedModel):
         "`answer_reserve_tokens` is one chunk; a longer one is split into chunks of "
         "`chunk_room_fraction` of that room (at least 16 tokens).",
     )
-    chunk_room_fraction: float = Field(
-        0.25,
+    chunk_room_fraction: float | None = Field(
+        None,
         gt=0.0,
         le=1.0,
         description="Share of that room a chunk fills when `chunk_tokens` is None and the context "
-        "does not fit in one chunk. A quarter, not all of it, because the default model finds "
-        "needles far more often in chunks of a quarter of its window (1,914 tokens for SmolLM2's "
-        "8K): see benchmarks/results/tuning/.",
+        "does not fit in one chunk. Default: a sixteenth (478 tokens for SmolLM2's 8K) when the "
+        "kept chunks are read again, so that they can come from several places of the context "
+        "(best on RULER at 16K and 128K: see benchmarks/results/chunk_size/); a quarter when "
+        "they are merged, where the default model finds needles far more often than in chunks "
+        "that fill the room (see benchmarks/results/tuning/).",
     )
     question_reserve_tokens: int = Field(
         256,
@@ -61,11 +66,10 @@ class ParallelCompConfig(CheckedModel):
     chunk_batch_size: int | None = Field(
         None, ge=1, description="Chunks per forward pass. Default: chosen from free memory."
     )
-    keep_chunks: KeepChunks | None = Field(
-        None,
+    keep_chunks: KeepChunks = Field(
+        _stage_default(EvenBudget, "keep_chunks"),
         description="Chunks kept after scoring: a count (int >= 1) or a fraction of all chunks "
-        "(float in (0, 1]). Default: 1 when the kept chunks are read again (`kept_chunks`), "
-        f"{_stage_default(EvenBudget, 'keep_chunks')} when they are merged.",
+        "(float in (0, 1]), whether they are read again or merged (`kept_chunks`).",
     )
     keep_relative_share: RelativeShare = Field(
         _stage_default(EvenBudget, "keep_relative_share"),
@@ -181,7 +185,11 @@ class ParallelCompConfig(CheckedModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto': bfloat16 on CUDA, float32 on CPU."
     )
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = Field(
+        "auto",
+        description="'auto', 'cpu', 'cuda' or 'cuda:N'. Left 'auto' when the `device_map` "
+        "loading option places the model (see `LoadOptions`).",
+    )
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2"] = Field(
         "auto",
         description="'auto': flash_attention_2 on CUDA when flash-attn is installed, else sdpa.",
@@ -202,13 +210,11 @@ class ParallelCompConfig(CheckedModel):
     )
 
     def with_reading_resolved(self, calibrated: bool) -> ParallelCompConfig:
-        """This config with `kept_chunks` and `keep_chunks` filled in where left as None, for an
-        engine that calibrates merged KV (`calibrated`) or not."""
+        """This config with `kept_chunks` and `chunk_room_fraction` filled in where left as None,
+        for an engine that calibrates merged KV (`calibrated`) or not."""
         kept = self.kept_chunks or ("merge" if calibrated else "reread")
-        keep = self.keep_chunks
-        if keep is None:
-            keep = 1 if kept == "reread" else _stage_default(EvenBudget, "keep_chunks")
-        return self.model_copy(update={"kept_chunks": kept, "keep_chunks": keep})
+        fraction = self.chunk_room_fraction or _CHUNK_ROOM_FRACTIONS[kept]
+        return self.model_copy(update={"kept_chunks": kept, "chunk_room_fraction": fraction})
 
     @field_validator("chunk_scoring")
     @classmethod

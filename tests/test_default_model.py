@@ -40,4 +40,4 @@ def test_cli_finds_a_passkey_beyond_the_trained_window(tmp_path, capsys):
     )
     out, err = capsys.readouterr()
     assert first_integer(out) == key
-    assert '"chunks_total": 8' in err  # 14,000 tokens in chunks of 1,914
+    assert '"chunks_total": 30' in err  # 14,000 tokens in chunks of 478

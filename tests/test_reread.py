@@ -120,12 +120,14 @@ def test_a_context_of_one_chunk_is_read_whole():
     assert answer.token_ids == greedy_tokens(engine, prompt, NEW_TOKENS)
 
 
-def test_the_default_reads_the_best_chunk_again_unless_it_calibrates():
+def test_the_default_reads_the_three_best_chunks_again_unless_it_calibrates():
+    assert ParallelCompConfig().with_reading_resolved(False).chunk_room_fraction == 0.0625
+    assert ParallelCompConfig().with_reading_resolved(True).chunk_room_fraction == 0.25
     plain = tiny_engine("llama", chunk_tokens=DOC_TOKENS)
-    assert (plain.config.kept_chunks, plain.config.keep_chunks) == ("reread", 1)
+    assert (plain.config.kept_chunks, plain.config.keep_chunks) == ("reread", 3)
     answer = plain.generate(DOCS, QUESTION, max_new_tokens=NEW_TOKENS, ignore_eos=True)
-    assert answer.stats.reread and answer.stats.chunks_kept == 1
-    best = engine_with(kept_chunks="reread", keep_chunks=1)
+    assert answer.stats.reread and answer.stats.chunks_kept == 3
+    best = engine_with(kept_chunks="reread", keep_chunks=3)
     assert best.generate(DOCS, QUESTION, max_new_tokens=NEW_TOKENS, ignore_eos=True).token_ids == (
         answer.token_ids
     )
