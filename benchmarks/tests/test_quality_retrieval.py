@@ -87,6 +87,11 @@ def test_the_budgets_are_the_kept_chunks_the_window_and_fixed_sizes(methods):
     assert fixed.budget_tokens(item) == 1000
 
 
+def test_the_kept_chunks_budget_needs_a_count_of_chunks(model_dir):
+    with pytest.raises(ValueError, match="needs keep_chunks as a count"):
+        make_method("rag-bm25[keep_chunks=0.5]", model_dir, device="cpu")
+
+
 def test_a_context_within_the_budget_is_kept_whole(methods):
     item = item_with_needles(noise_blocks=4)
     retrieved = methods["rag-bm25-window"].retrieve(item)

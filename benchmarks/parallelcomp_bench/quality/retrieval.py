@@ -98,6 +98,11 @@ class RetrievalMethod:
     def __init__(self, name: str, engine: ParallelCompEngine, *, budget: str) -> None:
         if budget not in BUDGETS:
             raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
+        if budget == "kept" and not isinstance(engine.config.keep_chunks, int):
+            raise ValueError(
+                "the 'kept' budget is keep_chunks chunks of chunk_tokens: it needs keep_chunks as "
+                f"a count, not the fraction {engine.config.keep_chunks}"
+            )
         self.name = name
         self.engine = engine
         self.budget = budget
@@ -115,7 +120,7 @@ class RetrievalMethod:
         fixed = BUDGETS[self.budget]
         if self.budget == "kept":
             config = self.engine.config
-            fixed = int(config.keep_chunks) * int(config.chunk_tokens)
+            fixed = config.keep_chunks * config.chunk_tokens
         return room if fixed is None else min(fixed, room)
 
     def rank(self, item: Item) -> Ranking:
