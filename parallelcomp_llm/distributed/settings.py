@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ray
 from pydantic import ConfigDict, Field
 
 from ..config import ParallelCompConfig
 from ..errors import CheckedModel
 from ..loading import LoadOptions
 from .actor import StageObjects
+from .cluster import connected, replica_gpus
 from .prefill import RayChunkPrefill
 
 
@@ -51,11 +51,8 @@ class RayPrefillWorkers(CheckedModel):
     ) -> RayChunkPrefill:
         """Start the actors, each loading the model with the engine's `load_options` (but its
         own placement: one whole device, no device map); returns once all have loaded it."""
-        if not ray.is_initialized():
-            ray.init()
-        gpus = self.gpus_per_worker
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        connected()
+        gpus = replica_gpus(self.gpus_per_worker)
         worker_config = config.model_copy(update={"device": "cuda" if gpus else "cpu"})
         return RayChunkPrefill(
             str(model_name_or_path),

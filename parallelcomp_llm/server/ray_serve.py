@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 try:
-    import ray
+    import ray  # noqa: F401 - the clear error below, before `from ray import serve`
 except ImportError as error:
     raise ImportError(
         "the Ray Serve deployment needs Ray: pip install 'parallelcomp-llm[server,ray]'"
@@ -43,6 +43,7 @@ from starlette.responses import StreamingResponse
 
 from ..config import ParallelCompConfig
 from ..context_cache import digest
+from ..distributed.cluster import replica_gpus
 from ..engine import ParallelCompEngine
 from ..errors import CheckedModel
 from .app import create_app
@@ -111,11 +112,7 @@ class ServeOptions(CheckedModel):
 
     def ray_actor_options(self) -> dict[str, Any]:
         """Ray's resources of one replica: its GPU (found in the cluster when not given)."""
-        gpus = self.gpus_per_replica
-        if gpus is None:
-            if not ray.is_initialized():
-                ray.init()
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        gpus = replica_gpus(self.gpus_per_replica)
         return {"num_gpus": gpus, "num_cpus": self.cpus_per_replica}
 
 
