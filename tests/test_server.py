@@ -420,6 +420,23 @@ def test_a_client_leaving_a_stream_cancels_its_request(server, engine):
     check_serving(server, engine)
 
 
+def test_a_client_leaving_before_a_whole_answer_cancels_its_request(server, engine):
+    long = [{"role": "user", "content": "Tell me a long story."}]
+    shapes = forward_shapes(engine.model)
+    body = chat_body(messages=long, max_tokens=600)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=0.5)
+    deadline = time.monotonic() + 10
+    while engine.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not engine.busy
+    steps = len(shapes)
+    assert steps < 300, f"{steps} forward passes: the request ran on after the client left"
+    time.sleep(0.2)
+    assert len(shapes) == steps
+    check_serving(server, engine)
+
+
 def test_a_request_out_of_time_is_a_408_whole_and_an_error_event_in_a_stream():
     hurried = tiny_engine(window=2048, request_timeout_s=0.5)
     long = [{"role": "user", "content": "Tell me a long story."}]

@@ -1,11 +1,13 @@
 """`Answering`: the API's requests run on one engine, off the event loop, answered whole or as a
-server-sent event stream; a client that leaves a stream cancels its request."""
+server-sent event stream; a client that leaves, whether it reads a stream or waits for the whole
+answer, cancels its request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
@@ -28,6 +30,14 @@ from .schemas import (
     Sampling,
     documents_text,
 )
+
+Disconnected = Callable[[], Awaitable[bool]]
+"""Whether the client of a request has gone (starlette's `Request.is_disconnected`)."""
+
+DISCONNECT_POLL_S = 0.1
+"""How often a request answered whole checks that its client is still there."""
+CLIENT_CLOSED_REQUEST = 499
+"""The status logged for a request whose client left before its answer (nginx's)."""
 
 
 class Answering:
@@ -55,7 +65,7 @@ class Answering:
                 param="model",
             )
 
-    async def chat(self, request: ChatCompletionRequest) -> Response:
+    async def chat(self, request: ChatCompletionRequest, disconnected: Disconnected) -> Response:
         started = time.perf_counter()
         self.check_model(request.model)
         stream = await run_in_threadpool(
@@ -67,15 +77,16 @@ class Answering:
             **request.decode_options(),
         )
         reply = ChatReply(self.model_name, tools=request.tools is not None)
-        return await self._respond(stream, reply, request, started)
+        return await self._respond(stream, reply, request, started, disconnected)
 
-    async def complete(self, request: CompletionRequest) -> Response:
+    async def complete(self, request: CompletionRequest, disconnected: Disconnected) -> Response:
         started = time.perf_counter()
         self.check_model(request.model)
         stream = await run_in_threadpool(
             self.engine.stream_complete, request.prompt, **request.decode_options()
         )
-        return await self._respond(stream, CompletionReply(self.model_name), request, started)
+        reply = CompletionReply(self.model_name)
+        return await self._respond(stream, reply, request, started, disconnected)
 
     async def upload(self, upload: ContextUpload) -> ContextInfo:
         """Encode a corpus once and keep it for the chats that name its id."""
@@ -106,15 +117,32 @@ class Answering:
         return cache
 
     async def _respond(
-        self, stream: AnswerStream, reply: Reply, request: Sampling, started: float
+        self,
+        stream: AnswerStream,
+        reply: Reply,
+        request: Sampling,
+        started: float,
+        disconnected: Disconnected,
     ) -> Response:
         if request.stream:
             events = self._events(stream, reply, request.include_usage, started)
             return EventSourceResponse(events, sep="\n")
+        reading = asyncio.ensure_future(self._whole(stream, started))
+        try:
+            while not (await asyncio.wait({reading}, timeout=DISCONNECT_POLL_S))[0]:
+                if await disconnected():
+                    return Response(status_code=CLIENT_CLOSED_REQUEST)
+            return JSONResponse(reply.whole(reading.result()).model_dump(mode="json"))
+        finally:
+            if not reading.done():
+                reading.cancel()
+                stream.cancel()
+
+    async def _whole(self, stream: AnswerStream, started: float) -> Answer:
+        """The answer of a stream read to its end, the time to its first token observed."""
         async for _ in self._deltas(stream, started):
             pass
-        answer = await self._finished(stream)
-        return JSONResponse(reply.whole(answer).model_dump(mode="json"))
+        return await self._finished(stream)
 
     async def _events(
         self, stream: AnswerStream, reply: Reply, include_usage: bool, started: float

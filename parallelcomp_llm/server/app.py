@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import __version__
@@ -78,12 +79,12 @@ def _api_routes(answering: Answering, metrics: ServerMetrics, max_body_bytes: in
         return card
 
     @router.post("/v1/chat/completions")
-    async def chat_completions(request: ChatCompletionRequest) -> Response:
-        return await answering.chat(request)
+    async def chat_completions(request: ChatCompletionRequest, http: Request) -> Response:
+        return await answering.chat(request, http.is_disconnected)
 
     @router.post("/v1/completions")
-    async def completions(request: CompletionRequest) -> Response:
-        return await answering.complete(request)
+    async def completions(request: CompletionRequest, http: Request) -> Response:
+        return await answering.complete(request, http.is_disconnected)
 
     @router.post("/v1/contexts")
     async def upload_context(upload: ContextUpload) -> ContextInfo:
