@@ -9,6 +9,9 @@ import sys
 
 from parallelcomp_llm.tracing import STAGES
 
+MERGING = {"kv_selection", "merge"}
+TIMED = set(STAGES) | {"other", "request_start_to_first_token"}
+
 
 def run_module(module: str, out, *options: str) -> dict:
     """Run `module --tiny` writing into `out`; the record it wrote."""
@@ -20,24 +23,22 @@ def run_module(module: str, out, *options: str) -> dict:
 
 
 def test_speed_run_times_every_stage_from_the_observer(tmp_path):
-    record = run_module("parallelcomp_bench.speed.run", tmp_path, "--profile")
+    methods = "--methods", "parallelcomp,parallelcomp-merge,sdpa"
+    record = run_module("parallelcomp_bench.speed.run", tmp_path, "--profile", *methods)
     assert record["environment"]["git"]["commit"]
+    assert record["engines"]["parallelcomp"]["config"]["kept_chunks"] == "reread"  # default
+    assert record["engines"]["parallelcomp-merge"]["config"]["kept_chunks"] == "merge"
     assert record["engines"]["parallelcomp"]["stages"]["selector"]["name"] == "snapkv"
     entries = {(e["method"], e["length"]): e for e in record["results"]}
+    read = {"chunk_prefill", "question_pass", "chunk_scoring", "final_pass"}
+    for method, ran in (("parallelcomp", read), ("parallelcomp-merge", read | MERGING)):
+        stages = entries[(method, 1024)]["median"]["stages_gpu_s"]
+        assert ran <= {key.removesuffix("_s") for key in stages} <= TIMED
+        assert all(stages[f"{stage}_s"] > 0 for stage in ran)
+        assert stages["request_start_to_first_token_s"] >= sum(stages[f"{s}_s"] for s in ran)
+    reread = entries[("parallelcomp", 1024)]["median"]["stages_gpu_s"]
+    assert not MERGING & {key.removesuffix("_s") for key in reread}  # nothing merged
     engine = entries[("parallelcomp", 1024)]["median"]
-    stages = engine["stages_gpu_s"]
-    ran = {"chunk_prefill", "question_pass", "chunk_scoring", "kv_selection", "merge", "final_pass"}
-    assert (
-        ran
-        <= {key.removesuffix("_s") for key in stages}
-        <= set(STAGES)
-        | {
-            "other",
-            "request_start_to_first_token",
-        }
-    )
-    assert all(stages[f"{stage}_s"] > 0 for stage in ran)
-    assert stages["request_start_to_first_token_s"] >= sum(stages[f"{stage}_s"] for stage in ran)
     # the profiled request after the timed ones leaves their records as they were
     assert sum(engine["rows_per_prefill_pass"]) == engine["engine_stats"]["chunks_total"]
     assert "parallelcomp/chunk_prefill" in (tmp_path / record["profile"]["table_file"]).read_text()

@@ -9,7 +9,8 @@ tokenizer of `parallelcomp_llm.testing`, so one character is one token), this me
   the last generated token),
 - peak CUDA memory allocated during the request (model weights included),
 
-for `parallelcomp` (the engine, default config; `parallelcomp-bsN` = `chunk_batch_size=N`) and for
+for `parallelcomp` (the engine, default config: the kept chunks read again; `parallelcomp-merge`
+decodes over their merged KV, the paper's method; `-bsN` sets `chunk_batch_size=N`) and for
 full attention (`sdpa`, `flash_attention_2` when flash-attn is importable): a plain prefill and a
 greedy decode loop over a DynamicCache that takes each token to the host, as `generate` does. One
 warm-up and `--repeats` timed runs per (method, length); medians reported. Models are
@@ -163,9 +164,10 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="parallelcomp,sdpa,flash_attention_2",
-        help="parallelcomp, parallelcomp-bsN (chunk_batch_size=N), parallelcomp-dynamic / "
-        "-static (decode_step), sdpa, flash_attention_2, hf-static (transformers' generate with "
-        "its static cache: the decode anchor, over the last --anchor-tokens prompt tokens)",
+        help="parallelcomp (the default config), parallelcomp-merge (kept_chunks='merge'), "
+        "either with -bsN (chunk_batch_size=N) and -dynamic / -static (decode_step); sdpa, "
+        "flash_attention_2, hf-static (transformers' generate with its static cache: the "
+        "decode anchor, over the last --anchor-tokens prompt tokens)",
     )
     parser.add_argument("--anchor-tokens", type=int, default=3200)
     parser.add_argument(
@@ -236,15 +238,18 @@ def main() -> None:
     engine_configs = {}
     for method in methods + extra:
         if method.startswith("parallelcomp"):
-            size = re.fullmatch(r"parallelcomp(?:-bs(\d+))?(?:-(dynamic|static))?", method)
-            if not size:
+            variant = re.fullmatch(
+                r"parallelcomp(-merge)?(?:-bs(\d+))?(?:-(dynamic|static))?", method
+            )
+            if not variant:
                 raise SystemExit(f"unknown method {method}")
-            # the paper's method, decoding over merged KV: what issue 18's figures measure
-            settings: dict = {"kept_chunks": "merge"}
-            if size.group(1):
-                settings["chunk_batch_size"] = int(size.group(1))
-            if size.group(2):
-                settings["decode_step"] = size.group(2)
+            settings: dict = {}
+            if variant.group(1):
+                settings["kept_chunks"] = "merge"  # the paper's method: decode over merged KV
+            if variant.group(2):
+                settings["chunk_batch_size"] = int(variant.group(2))
+            if variant.group(3):
+                settings["decode_step"] = variant.group(3)
             if args.tiny:
                 # small reserves; keep 1 chunk and 128 entries so that every stage runs
                 settings |= {
