@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .answer import Answer
 from .errors import RequestCancelledError
+from .shown_text import ShownText
 
 if TYPE_CHECKING:
     from .scheduler import RowEvents
@@ -23,13 +24,15 @@ if TYPE_CHECKING:
 
 class AnswerStream(Iterator[str]):
     """Iterator (and async iterator) of text deltas; `answer` holds the full `Answer` once the
-    stream is exhausted, with the calls of a chat with `tools` read from it (the deltas are the
-    text as generated, calls included). `close()`, or dropping the stream, cancels the
-    request."""
+    stream is exhausted, with the calls of a chat with `tools` read from it. In a chat with
+    `tools` the deltas are the text to show, never a call's markup (`ShownText`): text held back
+    as a possible call that was none comes as the last delta, and `answer.text` is the text
+    beside the calls (trimmed). `close()`, or dropping the stream, cancels the request."""
 
     def __init__(self, events: RowEvents, tools: ToolSet | None = None) -> None:
         self._events = events
         self._tools = tools
+        self._shown = None if tools is None else ShownText(tools)
         self._relay: AsyncIterator[str] | None = None
         self.answer: Answer | None = None
 
@@ -38,11 +41,18 @@ class AnswerStream(Iterator[str]):
 
     def __next__(self) -> str:
         for event in self._events:
-            if isinstance(event, Answer):
-                self.answer = event if self._tools is None else self._tools.answered(event)
-                continue
-            return event
+            delta = self._delta(event)
+            if delta is not None:
+                return delta
         raise StopIteration
+
+    def _delta(self, event: str | Answer) -> str | None:
+        """The delta an event brings, None for none: a text delta as generated, or in a chat with
+        tools what of it shows; once the answer is in, the text still to show."""
+        if isinstance(event, Answer):
+            self.answer = event if self._tools is None else self._tools.answered(event)
+            return None if self._shown is None else self._shown.rest(self.answer.text) or None
+        return event if self._shown is None else self._shown.add(event) or None
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._relay is None:

@@ -1,5 +1,6 @@
 """Test helpers: tiny random-initialised models and a byte-level tokenizer built in code, the
-runnable snippets of the READMEs, hooks that watch or hold the model's forward passes, and the
+runnable snippets of the READMEs, hooks that watch, hold or script the model's forward passes
+(`ScriptedAnswer`, with a tool and an answer calling it to script), and the
 pass-key haystack of `parallelcomp_llm.haystack` with the answer's convention (`first_integer`).
 
 No download: the tokenizer maps every byte to a token (plus special tokens) and carries a
@@ -211,3 +212,46 @@ class ModelPause:
         """Let the held pass go on; later passes are not held."""
         self._released.set()
         self._handle.remove()
+
+
+CLOCK_TOOL = {"name": "get_time", "description": "The time now.", "parameters": {"type": "object"}}
+"""A tool that takes no arguments."""
+TEXT_THEN_CLOCK_CALL = 'Let me look.\n<tool_call>{"name": "get_time"}</tool_call>'
+"""An answer that says something, then calls `CLOCK_TOOL` (for a `ScriptedAnswer`; 56 tokens of
+the tiny tokenizer)."""
+
+
+class ScriptedAnswer:
+    """Makes `model` answer `text` (then its end-of-sequence token) to whatever it is asked,
+    until `remove()` or the end of a `with` block: a forward hook sets the logits of each pass
+    so that the next token is the script's, on from the start after any pass over more than one
+    token (a prompt). The engine runs as ever (prompt, decoding, detokenizing, reading tool
+    calls), over a chosen answer."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, text: str):
+        self._ids = [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
+        self._said = 0
+        self._handle = model.register_forward_hook(self._steer, with_kwargs=True)
+
+    def _steer(self, module, args, kwargs, output):
+        input_ids = kwargs["input_ids"]
+        going_on = (
+            input_ids.shape[-1] == 1
+            and 0 < self._said < len(self._ids)
+            and input_ids[0, -1].item() == self._ids[self._said - 1]
+        )
+        self._said = self._said + 1 if going_on else 1
+        last = output.logits[:, -1]
+        last.fill_(float("-inf"))
+        last[:, self._ids[self._said - 1]] = 0.0
+        return output
+
+    def remove(self) -> None:
+        """Let the model answer as itself again."""
+        self._handle.remove()
+
+    def __enter__(self) -> ScriptedAnswer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()

@@ -26,7 +26,9 @@ from .errors import CheckedModel, InvalidInputError
 from .grammar import lark_json
 from .response_format import ResponseFormat
 
-_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+CALL_TAG = "<tool_call>"
+"""Where a call starts in an answer that chose to make one."""
+_CALL = re.compile(re.escape(CALL_TAG) + r"\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 MAX_TOOLS = 128
 """Most tools one request may offer."""
 

@@ -20,8 +20,11 @@ import pytest
 
 from parallelcomp_llm.cli import main
 from parallelcomp_llm.server import ServerSettings, create_app
-from parallelcomp_llm.server.testing import RunningServer
+from parallelcomp_llm.server.testing import WEATHER_TOOL, RunningServer
 from parallelcomp_llm.testing import (
+    CLOCK_TOOL,
+    TEXT_THEN_CLOCK_CALL,
+    ScriptedAnswer,
     count_prefills,
     forward_shapes,
     text_of_tokens,
@@ -35,18 +38,7 @@ MODEL = "tiny-llama"
 KEY = "sk-test-key"
 DOCS = [text_of_tokens(600, seed=index) for index in range(3)]
 ASK = [{"role": "user", "content": "Which letter comes first?"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather of a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 8}},
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = WEATHER_TOOL
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +269,31 @@ def test_tool_calls_round_trip(client, engine):
     ]
     assert [c.function.name for c in calls] == ["get_weather"] and calls[0].index == 0
     assert json.loads(calls[0].function.arguments) == arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_stream_with_tools_sends_the_text_as_it_comes_then_the_calls(client, engine):
+    with ScriptedAnswer(engine.model, engine.tokenizer, TEXT_THEN_CLOCK_CALL):
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "What time is it?"}],
+                tools=[{"type": "function", "function": CLOCK_TOOL}],
+                max_tokens=64,
+                stream=True,
+            )
+        )
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    texts = [delta.content for delta in deltas if delta.content]
+    assert "".join(texts) == "Let me look.\n" and len(texts) > 2
+    assert not any("<" in text for text in texts)
+    called = [index for index, delta in enumerate(deltas) if delta.tool_calls]
+    assert len(called) == 1 and all(not delta.content for delta in deltas[called[0] :])
+    last_text = max(index for index, delta in enumerate(deltas) if delta.content)
+    assert last_text < called[0]
+    [call] = deltas[called[0]].tool_calls
+    assert call.index == 0 and call.function.name == "get_time" and call.id.startswith("call_")
+    assert json.loads(call.function.arguments) == {}
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 

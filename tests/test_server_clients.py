@@ -11,7 +11,7 @@ from llama_index.core.llms import ChatMessage
 from llama_index.llms.openai_like import OpenAILike
 
 from parallelcomp_llm.server import ServerSettings, create_app
-from parallelcomp_llm.server.testing import RunningServer
+from parallelcomp_llm.server.testing import WEATHER_TOOL, RunningServer
 from parallelcomp_llm.testing import text_of_tokens, tiny_engine
 
 pytestmark = pytest.mark.serving
@@ -22,18 +22,7 @@ DOCUMENTS = [{"title": f"Part {index}", "text": text} for index, text in enumera
 TITLED = [f"Part {index}\n\n{text}" for index, text in enumerate(DOCS)]
 QUESTION = "Which letter comes first?"
 ASK = [{"role": "user", "content": QUESTION}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather of a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 8}},
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = WEATHER_TOOL
 
 
 @pytest.fixture(scope="module")

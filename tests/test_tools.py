@@ -14,7 +14,11 @@ from parallelcomp_llm import (
     Tool,
     ToolSet,
 )
+from parallelcomp_llm.shown_text import ShownText
 from parallelcomp_llm.testing import (
+    CLOCK_TOOL,
+    TEXT_THEN_CLOCK_CALL,
+    ScriptedAnswer,
     forward_shapes,
     text_of_tokens,
     tiny_engine,
@@ -37,7 +41,7 @@ WEATHER = {
         },
     },
 }
-CLOCK = {"name": "get_time", "description": "The time now.", "parameters": {"type": "object"}}
+CLOCK = CLOCK_TOOL
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 TOOLS_TEMPLATE = (
     "{% if tools %}<|im_start|>system\nTools:{% for tool in tools %} {{ tool['function']['name'] }}"
@@ -99,6 +103,48 @@ def test_calls_are_read_from_tagged_blocks_and_the_rest_stays_text():
     plain = Answer("It is sunny.", [], "stop", AnswerStats())
     assert tools.answered(plain) is plain
     assert ToolSet([WEATHER], "none").answered(Answer(text, [], "stop", AnswerStats())).text == text
+
+
+def test_shown_text_holds_back_what_may_be_a_call():
+    shown = ShownText(ToolSet([CLOCK]))
+    pieces = [
+        "Let me",
+        " look.<to",
+        "ol_call>",
+        '{"name": "get_time", "arguments": {}}</tool_call>',
+    ]
+    assert [shown.add(piece) for piece in pieces] == ["Let me", " look.", "", ""]
+    assert shown.shown == "Let me look."
+    # Text that only looked like the start of a tag is shown in the end.
+    plain = ShownText(ToolSet([CLOCK]))
+    assert [plain.add(piece) for piece in ["a <", "tool"]] == ["a ", ""]
+    assert plain.rest("a <tool") == "<tool"
+    forced = ShownText(ToolSet([CLOCK], "required"))
+    assert forced.add('{"name": "get_time", "arguments": {}}') == ""
+    assert ShownText(ToolSet([CLOCK], "none")).add("<tool_call>") == "<tool_call>"
+
+
+def test_a_stream_with_tools_shows_the_text_before_a_call_as_it_comes_and_no_markup(engine):
+    asked = [{"role": "user", "content": "What time is it?"}]
+    with ScriptedAnswer(engine.model, engine.tokenizer, TEXT_THEN_CLOCK_CALL):
+        stream = engine.stream_chat(asked, tools=[CLOCK], max_new_tokens=80)
+        before_the_answer = [delta for delta in stream if stream.answer is None]
+        assert "".join(before_the_answer) == "Let me look.\n"
+        assert not any("<" in delta for delta in before_the_answer)
+        assert stream.answer.text == "Let me look."
+        assert [call.name for call in stream.answer.tool_calls] == ["get_time"]
+        # Without tools the same answer streams as generated, markup included.
+        plain = engine.stream_chat(asked, max_new_tokens=80)
+        assert "".join(plain) == plain.wait().text == TEXT_THEN_CLOCK_CALL
+
+
+async def test_an_async_stream_with_tools_shows_no_markup(engine):
+    asked = [{"role": "user", "content": "What time is it?"}]
+    with ScriptedAnswer(engine.model, engine.tokenizer, TEXT_THEN_CLOCK_CALL):
+        stream = engine.stream_chat(asked, tools=[CLOCK], max_new_tokens=80)
+        deltas = [delta async for delta in stream]
+    assert "".join(deltas) == "Let me look.\n" and len(deltas) > 1
+    assert [call.name for call in (await stream.wait_async()).tool_calls] == ["get_time"]
 
 
 def test_a_template_without_tool_support_gets_the_tools_and_calls_as_text(engine):

@@ -76,7 +76,7 @@ class Answering:
             tool_choice=request.tool_choice,
             **request.decode_options(),
         )
-        reply = ChatReply(self.model_name, tools=request.tools is not None)
+        reply = ChatReply(self.model_name)
         return await self._respond(stream, reply, request, started, disconnected)
 
     async def complete(self, request: CompletionRequest, disconnected: Disconnected) -> Response:
@@ -153,8 +153,7 @@ class Answering:
             for chunk in reply.opening():
                 yield chunk.model_dump_json()
             async for delta in self._deltas(stream, started):
-                if not reply.buffered:
-                    yield reply.delta(delta).model_dump_json()
+                yield reply.delta(delta).model_dump_json()
             answer = await self._finished(stream)
             for chunk in reply.closing(answer):
                 yield chunk.model_dump_json()

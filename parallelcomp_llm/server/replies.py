@@ -40,14 +40,13 @@ def usage(answer: Answer) -> Usage:
 
 
 class ChatReply:
-    """The chat completion of one request. With `tools`, the text is sent once the answer is
-    complete (`buffered`): only then is it known which part of it is a call."""
+    """The chat completion of one request. A stream's deltas are the text to show (with tools,
+    never a call's markup); its calls come after them, once the answer is complete."""
 
-    def __init__(self, model: str, tools: bool) -> None:
+    def __init__(self, model: str) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
-        self.buffered = tools
 
     def whole(self, answer: Answer) -> ChatCompletion:
         calls = _calls(answer)
@@ -70,20 +69,14 @@ class ChatReply:
         return self._chunk(ChatDelta(content=text))
 
     def closing(self, answer: Answer) -> list[BaseModel]:
-        """The chunks after the last delta: a buffered answer's text and calls, then the finish
+        """The chunks after the last delta: the answer's calls (if any), then the finish
         reason."""
-        chunks = []
-        if self.buffered:
-            calls = [
-                ToolCallDelta(index=index, **call.model_dump())
-                for index, call in enumerate(_calls(answer))
-            ]
-            if answer.text or calls:
-                chunks.append(
-                    self._chunk(ChatDelta(content=answer.text or None, tool_calls=calls or None))
-                )
-        chunks.append(self._chunk(ChatDelta(), _finish_reason(answer)))
-        return chunks
+        calls = [
+            ToolCallDelta(index=index, **call.model_dump())
+            for index, call in enumerate(_calls(answer))
+        ]
+        chunks = [self._chunk(ChatDelta(tool_calls=calls))] if calls else []
+        return [*chunks, self._chunk(ChatDelta(), _finish_reason(answer))]
 
     def usage(self, answer: Answer) -> BaseModel:
         """The last chunk of a stream that asked for usage: no choice, the counts."""
@@ -100,8 +93,6 @@ class ChatReply:
 
 class CompletionReply:
     """The plain completion of one request."""
-
-    buffered = False
 
     def __init__(self, model: str) -> None:
         self.id = f"cmpl-{uuid.uuid4().hex}"

@@ -1,5 +1,6 @@
 """`RunningServer`: an app served by a real uvicorn server on 127.0.0.1, on a free port, in a
-background thread (for tests and examples); it stops when the `with` block ends."""
+background thread (for tests and examples); it stops when the `with` block ends. `WEATHER_TOOL`:
+a tool in OpenAI's format for clients to offer it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from types import TracebackType
 
 import uvicorn
 from fastapi import FastAPI
+
+from ..tools import Tool
+
+WEATHER_TOOL = Tool(
+    name="get_weather",
+    description="The weather of a city.",
+    parameters={"properties": {"city": {"type": "string", "maxLength": 8}}, "required": ["city"]},
+).openai()
+"""A tool in OpenAI's function format, with one bounded argument (calls fit a small answer)."""
 
 
 class RunningServer:

@@ -27,7 +27,7 @@ from .tool_calls import (
     engine_tool_choice,
     message_tool_calls,
     openai_tools,
-    tool_call_message_chunks,
+    tool_call_chunks,
 )
 
 
@@ -51,7 +51,8 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
 
     Tools (`bind_tools`) are offered through the chat template where it takes them, else as the
     engine's Hermes-style text; the calls come back as `AIMessage.tool_calls`, and a stream with
-    tools bound brings its text and calls at the end. `with_structured_output` decodes under the
+    tools bound brings its text as it is generated (never a call's markup) and the calls in its
+    last chunk. `with_structured_output` decodes under the
     schema's grammar. Both work over any context, with ParallelComp too.
 
     Example:
@@ -165,27 +166,20 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _chunks(self, event: Event, tools_bound: bool) -> list[ChatGenerationChunk]:
-        """The stream's chunks for one event. A text delta is a chunk as it comes, except while
-        tools are bound: the generated text may be call markup, which only the whole answer
-        tells apart, so then the answer brings its text and one chunk per call. The answer
-        closes the stream with a chunk of its metadata."""
+    def _chunk(self, event: Event) -> ChatGenerationChunk:
+        """The stream's chunk for one event: a text delta as it comes (the engine's deltas are
+        never call markup), and for the answer the last chunk, with its calls as
+        `tool_call_chunks` and its metadata."""
         if isinstance(event, str):
-            if tools_bound:
-                return []
-            return [ChatGenerationChunk(message=AIMessageChunk(content=event))]
-        messages = []
-        if tools_bound:
-            if event.text:
-                messages.append(AIMessageChunk(content=event.text))
-            messages += tool_call_message_chunks(event)
+            return ChatGenerationChunk(message=AIMessageChunk(content=event))
         last = AIMessageChunk(
             content="",
             chunk_position="last",
+            tool_call_chunks=tool_call_chunks(event),
             response_metadata=answer_metadata(event, self.model_name),
             usage_metadata=usage_metadata(event),
         )
-        return [ChatGenerationChunk(message=message) for message in [*messages, last]]
+        return ChatGenerationChunk(message=last)
 
     def _generate(
         self,
@@ -215,7 +209,7 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         for event in answer_events(self._open(messages, stop, kwargs)):
-            yield from self._chunks(event, kwargs.get("tools") is not None)
+            yield self._chunk(event)
 
     async def _astream(
         self,
@@ -225,5 +219,4 @@ class ChatParallelComp(ParallelCompSettings, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         async for event in aanswer_events(self._open(messages, stop, kwargs)):
-            for chunk in self._chunks(event, kwargs.get("tools") is not None):
-                yield chunk
+            yield self._chunk(event)

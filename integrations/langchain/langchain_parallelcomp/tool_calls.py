@@ -7,8 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessageChunk
-from langchain_core.messages.tool import ToolCall, tool_call, tool_call_chunk
+from langchain_core.messages.tool import ToolCall, ToolCallChunk, tool_call, tool_call_chunk
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
@@ -49,20 +48,15 @@ def message_tool_calls(answer: Answer) -> list[ToolCall]:
     ]
 
 
-def tool_call_message_chunks(answer: Answer) -> list[AIMessageChunk]:
-    """One message chunk per call the answer makes, its arguments as JSON text and its position
-    as `index`; merged, they hold the calls of `message_tool_calls`."""
+def tool_call_chunks(answer: Answer) -> list[ToolCallChunk]:
+    """The calls the answer makes as tool call chunks, arguments as JSON text and position as
+    `index`; in a stream's last chunk, they make the calls of `message_tool_calls`."""
     return [
-        AIMessageChunk(
-            content="",
-            tool_call_chunks=[
-                tool_call_chunk(
-                    name=call.name,
-                    args=json.dumps(call.arguments, ensure_ascii=False),
-                    id=call.id,
-                    index=index,
-                )
-            ],
+        tool_call_chunk(
+            name=call.name,
+            args=json.dumps(call.arguments, ensure_ascii=False),
+            id=call.id,
+            index=index,
         )
         for index, call in enumerate(answer.tool_calls)
     ]

@@ -19,7 +19,13 @@ from langchain_parallelcomp import ChatParallelComp
 from pydantic import BaseModel, Field
 
 from parallelcomp_llm import InvalidInputError, ParallelCompEngine, ToolSet
-from parallelcomp_llm.testing import forward_shapes, text_of_tokens, tiny_engine
+from parallelcomp_llm.testing import (
+    TEXT_THEN_CLOCK_CALL,
+    ScriptedAnswer,
+    forward_shapes,
+    text_of_tokens,
+    tiny_engine,
+)
 
 MAX_TOKENS = 160
 ASK = "Where is order 42?"
@@ -186,18 +192,18 @@ def test_a_forced_call_is_a_valid_call_of_an_allowed_tool(chat, choice):
         check_order_call(call, call["name"])
 
 
-def test_streaming_with_tools_emits_the_calls_at_the_end(chat):
+def test_streaming_with_tools_emits_the_calls_in_the_last_chunk(chat):
     bound = chat.bind_tools([lookup_order, cancel_order], tool_choice="lookup_order")
     invoked = bound.invoke(ASK)
     chunks = list(bound.stream(ASK))
     assert all(chunk.content == "" for chunk in chunks)
-    calls = [chunk for chunk in chunks if chunk.tool_call_chunks]
-    assert [chunk.tool_call_chunks[0]["index"] for chunk in calls] == [0]
-    assert chunks[-1].chunk_position == "last" and not chunks[-1].tool_call_chunks
+    assert all(not chunk.tool_call_chunks for chunk in chunks[:-1])
+    last = chunks[-1]
+    assert last.chunk_position == "last" and [c["index"] for c in last.tool_call_chunks] == [0]
     full = merged(chunks)
     assert without_ids(full.tool_calls) == without_ids(invoked.tool_calls)
     check_order_call(full.tool_calls[0])
-    assert full.tool_calls[0]["id"] == calls[0].tool_call_chunks[0]["id"]
+    assert full.tool_calls[0]["id"] == last.tool_call_chunks[0]["id"]
 
 
 async def test_async_streaming_with_tools_equals_invoke(chat):
@@ -209,7 +215,7 @@ async def test_async_streaming_with_tools_equals_invoke(chat):
     check_order_call(full.tool_calls[0])
 
 
-def test_unforced_tools_hold_the_text_back_until_the_answer(chat, engine):
+def test_unforced_tools_stream_the_text_as_it_comes(chat, engine):
     bound = chat.bind_tools([lookup_order])
     chunks = list(bound.stream(ASK))
     expected = engine.chat(
@@ -217,8 +223,30 @@ def test_unforced_tools_hold_the_text_back_until_the_answer(chat, engine):
         tools=[convert_to_openai_tool(lookup_order)],
         max_new_tokens=MAX_TOKENS,
     )
-    assert [chunk.content for chunk in chunks if chunk.content] == [expected.text]
+    assert len([chunk for chunk in chunks if chunk.content]) > 1
     assert merged(chunks).content == bound.invoke(ASK).content == expected.text
+
+
+async def test_a_call_after_text_streams_the_text_first_and_no_markup(chat, engine):
+    @tool
+    def get_time() -> str:
+        """The time now."""
+        return "12:00"
+
+    bound = chat.bind_tools([get_time])
+    with ScriptedAnswer(engine.model, engine.tokenizer, TEXT_THEN_CLOCK_CALL):
+        chunks = list(bound.stream("What time is it?"))
+        achunks = [chunk async for chunk in bound.astream("What time is it?")]
+    for streamed in (chunks, achunks):
+        texts = [chunk.content for chunk in streamed[:-1]]
+        assert "".join(texts) == "Let me look.\n" and len(texts) > 2
+        assert not any("<" in text for text in texts)
+        assert all(not chunk.tool_call_chunks for chunk in streamed[:-1])
+        last = streamed[-1]
+        assert last.chunk_position == "last" and last.content == ""
+        [call] = merged(streamed).tool_calls
+        assert call["name"] == "get_time" and call["args"] == {}
+        assert call["id"] == last.tool_call_chunks[0]["id"]
 
 
 def test_tool_calls_and_results_reach_the_engine_as_openai_turns(chat, engine):

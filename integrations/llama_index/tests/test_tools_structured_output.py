@@ -29,16 +29,17 @@ from llama_index.core.tools import FunctionTool
 from llama_index.core.types import PydanticProgramMode
 from llama_index.llms.parallelcomp import ParallelCompLLM
 from llama_index.llms.parallelcomp.tool_calling import (
-    ShownText,
     engine_messages,
     first_call_only,
     openai_tools,
 )
 from pydantic import BaseModel, Field
 
-from parallelcomp_llm import InvalidInputError, ParallelCompConfig, ParallelCompEngine, ToolSet
+from parallelcomp_llm import InvalidInputError, ParallelCompConfig, ParallelCompEngine
 from parallelcomp_llm.testing import (
+    TEXT_THEN_CLOCK_CALL,
     TINY_SETTINGS,
+    ScriptedAnswer,
     text_of_tokens,
     tiny_engine,
     tiny_model,
@@ -263,23 +264,28 @@ def test_a_streamed_chat_free_to_answer_shows_its_text(llm, engine, weather, cho
     assert streamed[-1].message.content == expected.text
 
 
-def test_shown_text_holds_back_what_may_be_a_call():
-    shown = ShownText(ToolSet([{"name": "get_time"}]))
-    pieces = [
-        "Let me",
-        " look.<to",
-        "ol_call>",
-        '{"name": "get_time", "arguments": {}}</tool_call>',
-    ]
-    assert [shown.add(piece) for piece in pieces] == ["Let me", " look.", "", ""]
-    assert shown.shown == "Let me look."
-    # Text that only looked like the start of a tag is shown in the end.
-    plain = ShownText(ToolSet([{"name": "get_time"}]))
-    assert [plain.add(piece) for piece in ["a <", "tool"]] == ["a ", ""]
-    assert plain.rest("a <tool") == "<tool"
-    forced = ShownText(ToolSet([{"name": "get_time"}], "required"))
-    assert forced.add('{"name": "get_time", "arguments": {}}') == ""
-    assert ShownText().add("<tool_call>") == "<tool_call>"
+def test_a_streamed_call_after_text_shows_the_text_as_it_comes_and_no_markup(llm, engine):
+    def get_time() -> str:
+        return "12:00"
+
+    clock = FunctionTool.from_defaults(get_time, description="The time now.")
+    with ScriptedAnswer(engine.model, engine.tokenizer, TEXT_THEN_CLOCK_CALL):
+        streamed = list(llm.stream_chat_with_tools([clock], user_msg="What time is it?"))
+
+        async def collect():
+            stream = await llm.astream_chat_with_tools([clock], user_msg="What time is it?")
+            return [response async for response in stream]
+
+        last = asyncio.run(collect())[-1]
+    deltas = [response.delta for response in streamed]
+    assert "".join(deltas) == "Let me look.\n" and len(deltas) > 2
+    assert not any("<" in delta for delta in deltas)
+    assert all(not calls_of(response) for response in streamed[:-1])
+    assert streamed[0].message.content == "L"  # the text shows before the answer is complete
+    assert streamed[-1].message.content == last.message.content == "Let me look."
+    [selection] = llm.get_tool_calls_from_response(streamed[-1])
+    assert selection.tool_name == "get_time" and selection.tool_kwargs == {}
+    assert [s.tool_name for s in llm.get_tool_calls_from_response(last)] == ["get_time"]
 
 
 def test_first_call_only_keeps_the_text_and_the_first_call():

@@ -39,13 +39,12 @@ from llama_index.core.tools.types import BaseTool
 from llama_index.core.types import Model, PydanticProgramMode, TokenAsyncGen, TokenGen
 from transformers import PreTrainedTokenizerBase
 
-from parallelcomp_llm import AnswerStream, DecodeSettings, ParallelCompEngine, ToolSet
+from parallelcomp_llm import AnswerStream, DecodeSettings, ParallelCompEngine
 
 from . import responses, structured
 from .framing import CONTEXT_MARK, ContextCall, context_variable, cut_at_context
 from .structured import TemplateRequest
 from .tool_calling import (
-    ShownText,
     engine_messages,
     first_call_only,
     openai_tools,
@@ -177,20 +176,17 @@ class ParallelCompLLM(FunctionCallingLLM):
             prompt = self.completion_to_prompt(prompt)
         return self._engine.stream_complete(prompt, settings)
 
-    def _chat_stream(
-        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
-    ) -> tuple[AnswerStream, ShownText]:
-        """The engine's stream of a chat, and what of its text a stream shows (not the calls)."""
+    def _chat_stream(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> AnswerStream:
+        """The engine's stream of a chat (its deltas show text, never a call's markup)."""
         context = kwargs.pop("context", None)
         tools, tool_choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
-        stream = self._engine.stream_chat(
+        return self._engine.stream_chat(
             engine_messages(messages),
             self._settings(kwargs),
             context=context,
             tools=tools,
             tool_choice=tool_choice,
         )
-        return stream, ShownText(None if tools is None else ToolSet(tools, tool_choice))
 
     def context_call(self, prompt: BasePromptTemplate, **prompt_args: Any) -> ContextCall | None:
         """`prompt` with `prompt_args` as a question over the context argument (`context_str` or
@@ -222,14 +218,14 @@ class ParallelCompLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        stream, _ = self._chat_stream(messages, kwargs)
+        stream = self._chat_stream(messages, kwargs)
         answer = stream.wait()
         return responses.chat(answer.text, answer=answer)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        stream, shown = self._chat_stream(messages, kwargs)
-        return responses.stream_responses(stream, responses.chat, shown)
+        stream = self._chat_stream(messages, kwargs)
+        return responses.stream_responses(stream, responses.chat)
 
     # -- async: the model runs in worker threads ----------------------------------------------
 
@@ -250,7 +246,7 @@ class ParallelCompLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        stream, _ = await asyncio.to_thread(self._chat_stream, messages, kwargs)
+        stream = await asyncio.to_thread(self._chat_stream, messages, kwargs)
         answer = await stream.wait_async()
         return responses.chat(answer.text, answer=answer)
 
@@ -258,8 +254,8 @@ class ParallelCompLLM(FunctionCallingLLM):
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        stream, shown = await asyncio.to_thread(self._chat_stream, messages, kwargs)
-        return responses.astream_responses(stream, responses.chat, shown)
+        stream = await asyncio.to_thread(self._chat_stream, messages, kwargs)
+        return responses.astream_responses(stream, responses.chat)
 
     # -- function calling ---------------------------------------------------------------------
 

@@ -1,14 +1,13 @@
 """Engine answers and answer streams as LlamaIndex completion and chat responses.
 
 A streamed response carries the text so far and its delta; the stream ends with one response
-whose `raw` is set and whose delta is empty (in a chat with tools, the text held back as a
-possible call that was none). `raw` is a dict: `usage` (`prompt_tokens`,
+whose `raw` is set and whose delta is empty. `raw` is a dict: `usage` (`prompt_tokens`,
 `completion_tokens`, `total_tokens`: what LlamaIndex's `TokenCountingHandler` reads, the engine's
 counts) and `answer`, the engine's `Answer` (statistics, kept chunks). A chat answer's tool calls
 are `ToolCallBlock`s of its message, after its text; a streamed chat with tools shows only text
-(`tool_calling.ShownText`), and its final response has the calls. Async callers read the engine
-stream's async iteration, so the event loop never waits on the model, and leaving early cancels
-the request.
+(the engine stream's deltas are never call markup), and its final response has the calls and
+the answer's text beside them. Async callers read the engine stream's async iteration, so the
+event loop never waits on the model, and leaving early cancels the request.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from llama_index.core.base.llms.types import (
 
 from parallelcomp_llm import Answer, AnswerStream
 
-from .tool_calling import ShownText, call_blocks
+from .tool_calling import call_blocks
 
 ResponseT = TypeVar("ResponseT", CompletionResponse, ChatResponse)
 Build = Callable[[str, str | None, Answer | None], ResponseT]
@@ -64,39 +63,38 @@ def chat(text: str, delta: str | None = None, answer: Answer | None = None) -> C
     )
 
 
-def stream_responses(
-    stream: AnswerStream, build: Build[ResponseT], shown: ShownText | None = None
-) -> Iterator[ResponseT]:
+def stream_responses(stream: AnswerStream, build: Build[ResponseT]) -> Iterator[ResponseT]:
     """The responses of an engine stream, built with `build` (`completion` or `chat`), one for
-    each piece of text `shown` lets show (default: all of it), then the final one."""
-    shown = shown or ShownText()
+    each text delta, then the final one."""
+    text = ""
     try:
         for delta in stream:
-            added = shown.add(delta)
-            if added:
-                yield build(shown.shown, added, None)
-        yield final(stream, build, shown)
+            if delta:
+                text += delta
+                yield build(text, delta, None)
+        yield final(stream, build, text)
     finally:
         stream.close()
 
 
 async def astream_responses(
-    stream: AnswerStream, build: Build[ResponseT], shown: ShownText | None = None
+    stream: AnswerStream, build: Build[ResponseT]
 ) -> AsyncIterator[ResponseT]:
     """`stream_responses` for async callers."""
-    shown = shown or ShownText()
+    text = ""
     try:
         async for delta in stream:
-            added = shown.add(delta)
-            if added:
-                yield build(shown.shown, added, None)
-        yield final(stream, build, shown)
+            if delta:
+                text += delta
+                yield build(text, delta, None)
+        yield final(stream, build, text)
     finally:
         stream.cancel()
 
 
-def final(stream: AnswerStream, build: Build[ResponseT], shown: ShownText) -> ResponseT:
-    """The last response of a stream read to its end: the final text (`ShownText.final_text`),
-    the text still to show as its delta, and the engine's answer."""
-    text = shown.final_text(stream.answer)
-    return build(text, shown.rest(text), stream.answer)
+def final(stream: AnswerStream, build: Build[ResponseT], streamed: str) -> ResponseT:
+    """The last response of a stream read to its end: the `streamed` text, or where the answer
+    makes calls its text beside them, an empty delta, and the engine's answer."""
+    answer = stream.answer
+    text = answer.text if answer is not None and answer.tool_calls else streamed
+    return build(text, "", answer)

@@ -1,7 +1,6 @@
 """LlamaIndex's function calling over the engine's: LlamaIndex tools as OpenAI function dicts,
 chat messages (assistant tool calls and tool results included) as the engine's message dicts, the
-engine's `ToolCall`s as LlamaIndex `ToolCallBlock`s and `ToolSelection`s, and the part of a
-streamed answer that is text to show rather than a call.
+engine's `ToolCall`s as LlamaIndex `ToolCallBlock`s and `ToolSelection`s.
 
 An assistant message carries its calls as `ToolCallBlock`s in `blocks`, as LlamaIndex's own LLMs
 do; messages from elsewhere may carry them as OpenAI dicts in `additional_kwargs["tool_calls"]`.
@@ -22,11 +21,7 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.tools.types import BaseTool
 
-from parallelcomp_llm import Answer, ToolCall, ToolSet
-
-CALL_TAG = "<tool_call>"
-"""Where a call starts in an answer that chose to make one (the Hermes wire format that
-`parallelcomp_llm.tools` reads)."""
+from parallelcomp_llm import ToolCall
 
 
 def openai_tools(tools: Sequence[BaseTool]) -> list[dict[str, Any]]:
@@ -93,46 +88,3 @@ def first_call_only(response: ChatResponse) -> ChatResponse:
     kept = [b for b in response.message.blocks if not isinstance(b, ToolCallBlock) or b is calls[0]]
     message = response.message.model_copy(update={"blocks": kept})
     return response.model_copy(update={"message": message})
-
-
-class ShownText:
-    """The text of a streamed chat answer to show as it is generated, never a call's markup: all
-    of it without tools (or with `tool_choice="none"`), none of it for a forced call (the whole
-    answer is the call's JSON), and otherwise the text before the first `<tool_call>` tag, its
-    tail held back while it may be the start of one. The final response has the calls."""
-
-    def __init__(self, tools: ToolSet | None = None) -> None:
-        self._tools = tools
-        self.generated = ""
-        """The text generated so far, markup included."""
-        self.shown = ""
-        """The text shown so far."""
-
-    def add(self, delta: str) -> str:
-        """Take the next generated `delta`; the text it lets show now ('' while held back)."""
-        self.generated += delta
-        visible = self._visible()
-        added, self.shown = visible[len(self.shown) :], visible
-        return added
-
-    def final_text(self, answer: Answer | None) -> str:
-        """The final response's text: the answer's text beside its calls where tools were
-        offered, else what was generated."""
-        return self.generated if self._tools is None or answer is None else answer.text
-
-    def rest(self, final_text: str) -> str:
-        """The final response's delta: the rest of `final_text` where it goes on from the shown
-        text (text held back that was no call after all), else ''."""
-        return final_text[len(self.shown) :] if final_text.startswith(self.shown) else ""
-
-    def _visible(self) -> str:
-        text = self.generated
-        if self._tools is None or self._tools.choice == "none":
-            return text
-        if self._tools.forced:
-            return ""
-        start = text.find(CALL_TAG)
-        if start >= 0:
-            return text[:start]
-        held = next((n for n in range(len(CALL_TAG) - 1, 0, -1) if text.endswith(CALL_TAG[:n])), 0)
-        return text[: len(text) - held]
