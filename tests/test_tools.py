@@ -41,7 +41,6 @@ WEATHER = {
         },
     },
 }
-CLOCK = CLOCK_TOOL
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 TOOLS_TEMPLATE = (
     "{% if tools %}<|im_start|>system\nTools:{% for tool in tools %} {{ tool['function']['name'] }}"
@@ -66,7 +65,7 @@ def check_weather_call(call) -> None:
 
 @pytest.mark.parametrize("choice", ["required", "any", "get_weather"])
 def test_a_forced_call_is_one_call_of_an_allowed_tool_with_valid_arguments(engine, choice):
-    answer = engine.chat(ASK, tools=[WEATHER, CLOCK], tool_choice=choice, max_new_tokens=160)
+    answer = engine.chat(ASK, tools=[WEATHER, CLOCK_TOOL], tool_choice=choice, max_new_tokens=160)
     assert answer.finish_reason == "stop" and answer.text == ""
     [call] = answer.tool_calls
     if choice == "get_weather":
@@ -86,7 +85,7 @@ def test_a_forced_call_over_a_long_context_goes_through_parallelcomp(engine):
 
 
 def test_calls_are_read_from_tagged_blocks_and_the_rest_stays_text():
-    tools = ToolSet([WEATHER, CLOCK])
+    tools = ToolSet([WEATHER, CLOCK_TOOL])
     text = (
         'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", '
         '"unit": "C"}}\n</tool_call>\n<tool_call>{"name": "get_time", "arguments": "{}"}'
@@ -106,7 +105,7 @@ def test_calls_are_read_from_tagged_blocks_and_the_rest_stays_text():
 
 
 def test_shown_text_holds_back_what_may_be_a_call():
-    shown = ShownText(ToolSet([CLOCK]))
+    shown = ShownText(ToolSet([CLOCK_TOOL]))
     pieces = [
         "Let me",
         " look.<to",
@@ -116,18 +115,18 @@ def test_shown_text_holds_back_what_may_be_a_call():
     assert [shown.add(piece) for piece in pieces] == ["Let me", " look.", "", ""]
     assert shown.shown == "Let me look."
     # Text that only looked like the start of a tag is shown in the end.
-    plain = ShownText(ToolSet([CLOCK]))
+    plain = ShownText(ToolSet([CLOCK_TOOL]))
     assert [plain.add(piece) for piece in ["a <", "tool"]] == ["a ", ""]
     assert plain.rest("a <tool") == "<tool"
-    forced = ShownText(ToolSet([CLOCK], "required"))
+    forced = ShownText(ToolSet([CLOCK_TOOL], "required"))
     assert forced.add('{"name": "get_time", "arguments": {}}') == ""
-    assert ShownText(ToolSet([CLOCK], "none")).add("<tool_call>") == "<tool_call>"
+    assert ShownText(ToolSet([CLOCK_TOOL], "none")).add("<tool_call>") == "<tool_call>"
 
 
 def test_a_stream_with_tools_shows_the_text_before_a_call_as_it_comes_and_no_markup(engine):
     asked = [{"role": "user", "content": "What time is it?"}]
     with ScriptedAnswer(engine.model, engine.tokenizer, TEXT_THEN_CLOCK_CALL):
-        stream = engine.stream_chat(asked, tools=[CLOCK], max_new_tokens=80)
+        stream = engine.stream_chat(asked, tools=[CLOCK_TOOL], max_new_tokens=80)
         before_the_answer = [delta for delta in stream if stream.answer is None]
         assert "".join(before_the_answer) == "Let me look.\n"
         assert not any("<" in delta for delta in before_the_answer)
@@ -141,7 +140,7 @@ def test_a_stream_with_tools_shows_the_text_before_a_call_as_it_comes_and_no_mar
 async def test_an_async_stream_with_tools_shows_no_markup(engine):
     asked = [{"role": "user", "content": "What time is it?"}]
     with ScriptedAnswer(engine.model, engine.tokenizer, TEXT_THEN_CLOCK_CALL):
-        stream = engine.stream_chat(asked, tools=[CLOCK], max_new_tokens=80)
+        stream = engine.stream_chat(asked, tools=[CLOCK_TOOL], max_new_tokens=80)
         deltas = [delta async for delta in stream]
     assert "".join(deltas) == "Let me look.\n" and len(deltas) > 1
     assert [call.name for call in (await stream.wait_async()).tool_calls] == ["get_time"]
@@ -197,7 +196,7 @@ def test_a_template_with_tool_support_renders_tools_and_calls_itself():
         {"role": "tool", "tool_call_id": "c", "content": "Noon."},
     ]
     prompt = engine.tokenizer.decode(
-        engine.prompts.chat_prompt_ids(history, ToolSet([WEATHER, CLOCK]))
+        engine.prompts.chat_prompt_ids(history, ToolSet([WEATHER, CLOCK_TOOL]))
     )
     assert prompt.startswith("<|im_start|>system\nTools: get_weather get_time<|im_end|>")
     assert "[call get_time {}]<|im_end|>\n<|im_start|>tool\nNoon.<|im_end|>" in prompt
