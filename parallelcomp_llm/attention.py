@@ -2,7 +2,8 @@
 
 The engine switches the model to an attention implementation registered here
 (`parallelcomp_sdpa` or `parallelcomp_flash_attention_2`). It calls transformers' kernel of the
-same name unchanged, and, while an `AttentionProbe` is active in the calling thread:
+same name unchanged (SDPA on CUDA choosing among `SDPA_BACKENDS`: not cuDNN's), and, while an
+`AttentionProbe` is active in the calling thread:
 
 - records the attention of the last `window` queries over all keys, summed over those queries and
   averaged over the query heads of each KV group (the SnapKV statistic), per layer, for each
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -28,6 +30,11 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .stages.calibration import Calibrator
 
 BASE_KERNELS = ("sdpa", "flash_attention_2")
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+"""The kernels the hooked `sdpa` lets torch choose from on CUDA: all but cuDNN's, which torch
+prefers on Hopper GPUs but which measured slower in every pass of a request on an H200 (8B shape:
+time to first token 0.48 s with it and 0.36 s without at 8K, 5.17 s and 4.98 s at 128K;
+benchmarks/results/anatomy_llama3-8b-shape_20261204T040306Z.json)."""
 _ACTIVE_PROBE: contextvars.ContextVar[AttentionProbe | None] = contextvars.ContextVar(
     "parallelcomp_probe", default=None
 )
@@ -154,13 +161,19 @@ def active_probe(probe: AttentionProbe | None) -> Iterator[AttentionProbe | None
         _ACTIVE_PROBE.reset(token)
 
 
-def _hooked(base: Callable) -> Callable:
+def _hooked(base: Callable, backends: list[SDPBackend] | None) -> Callable:
+    """`base` under the active probe, choosing among `backends` on CUDA when given (not while
+    `torch.compile` traces it: the compiled step keeps torch's choice)."""
+
     def attention(module, query, key, value, attention_mask, **kwargs):
         probe = _ACTIVE_PROBE.get()
         if probe is not None:
             scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
             attention_mask = probe.observe(module.layer_idx, query, key, attention_mask, scaling)
-        return base(module, query, key, value, attention_mask, **kwargs)
+        if backends is None or not query.is_cuda or torch.compiler.is_compiling():
+            return base(module, query, key, value, attention_mask, **kwargs)
+        with sdpa_kernel(backends):
+            return base(module, query, key, value, attention_mask, **kwargs)
 
     return attention
 
@@ -170,5 +183,6 @@ def register_hooked_kernels() -> None:
     for base in BASE_KERNELS:
         name = implementation_name(base)
         if name not in ALL_ATTENTION_FUNCTIONS._global_mapping:
-            AttentionInterface.register(name, _hooked(ALL_ATTENTION_FUNCTIONS[base]))
+            backends = SDPA_BACKENDS if base == "sdpa" else None
+            AttentionInterface.register(name, _hooked(ALL_ATTENTION_FUNCTIONS[base], backends))
             AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])

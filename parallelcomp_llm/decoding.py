@@ -19,7 +19,7 @@ from transformers import (
 from .answer import Answer
 from .decode_settings import DecodeSettings
 from .decode_step import DecodeStep, DynamicStep, StaticStep, StepGraphs, StepKind
-from .device import device_work_done, model_devices
+from .device import device_work_done, model_device, model_devices
 from .final_pass import FinalState
 from .grammar import Grammars, TokenConstraint
 from .scheduler import BatchControl
@@ -189,17 +189,25 @@ class Decoder:
         self.pad_id = pad_id
         self.tracer = tracer
         self.step_kind = step_kind
-        self.graphs = StepGraphs() if step_kind == "cuda_graph" else None
+        compiled = step_kind == "compiled"
+        captured = step_kind == "cuda_graph" or (compiled and model_device(model).type == "cuda")
+        self.graphs = StepGraphs(compiled) if captured else None
 
     def step(self, state: FinalState, max_new_tokens: int) -> DecodeStep:
-        """How this batch decodes: over a static cache (captured as a CUDA graph) when the
-        engine's `decode_step` says so and no calibration masks apply, else over the growing
+        """How this batch decodes: over a static cache (captured as a CUDA graph, compiled) when
+        the engine's `decode_step` says so and no calibration masks apply, else over the growing
         cache. The step takes the final pass's cache over."""
         cache, state.cache = state.cache, None
         if self.step_kind == "dynamic" or state.probe is not None:
             return DynamicStep(self.model, cache, state.attention_mask, state.probe)
         return StaticStep(
-            self.model, cache, state.attention_mask, max_new_tokens, self.graphs, self.tracer
+            self.model,
+            cache,
+            state.attention_mask,
+            max_new_tokens,
+            self.graphs,
+            self.tracer,
+            self.step_kind == "compiled",
         )
 
     def answers(

@@ -91,6 +91,22 @@ def test_a_static_cache_decodes_the_tokens_of_the_growing_one(architecture):
         assert all(expected)
 
 
+def test_a_compiled_static_step_decodes_the_tokens_of_the_growing_one():
+    settings = {"keep_chunks": 2, "kv_budget": 96}
+    grown = tiny_engine("llama", decode_step="dynamic", **settings)
+    compiled = tiny_engine("llama", decode_step="compiled", **settings)
+    questions = ["Which?", "A longer question, so that the rows are padded?", "Q3"]
+    calls = [
+        lambda e: [e.generate(DOCS, "Which?", max_new_tokens=40, ignore_eos=True)],
+        lambda e: e.generate_batch(DOCS, questions, max_new_tokens=25, ignore_eos=True),
+        lambda e: [e.generate(DOCS, "Who?", max_new_tokens=40, temperature=0.9, seed=5)],
+    ]
+    for call in calls:
+        expected = [answer.token_ids for answer in call(grown)]
+        assert [answer.token_ids for answer in call(compiled)] == expected
+        assert all(expected)
+
+
 def test_decode_steps_that_cannot_run_are_refused():
     from parallelcomp_llm import InvalidConfigError
 
@@ -100,4 +116,6 @@ def test_decode_steps_that_cannot_run_are_refused():
         tiny_engine("llama", decode_step="static", calibration_layers=(0, 1))
     with pytest.raises(InvalidConfigError, match="needs a CUDA device"):
         tiny_engine("llama", decode_step="cuda_graph")
+    with pytest.raises(InvalidConfigError, match="sliding-window"):
+        tiny_engine("mistral", decode_step="compiled")
     assert tiny_engine("mistral").generate(DOCS, "Which?", max_new_tokens=3).token_ids

@@ -42,8 +42,10 @@ import traceback
 from pathlib import Path
 
 import torch
+from torch.nn.attention import sdpa_kernel
 
 from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
+from parallelcomp_llm.attention import SDPA_BACKENDS
 from parallelcomp_llm.device import device_work_done
 from parallelcomp_llm.testing import text_of_tokens, tiny_tokenizer
 
@@ -165,7 +167,8 @@ def main() -> None:
         "--methods",
         default="parallelcomp,sdpa,flash_attention_2",
         help="parallelcomp (the default config), parallelcomp-merge (kept_chunks='merge'), "
-        "either with -bsN (chunk_batch_size=N) and -dynamic / -static (decode_step); sdpa, "
+        "either with -bsN (chunk_batch_size=N) and -dynamic / -static / -cuda_graph / -compiled "
+        "(decode_step); sdpa, "
         "flash_attention_2, hf-static (transformers' generate with its static cache: the "
         "decode anchor, over the last --anchor-tokens prompt tokens)",
     )
@@ -239,7 +242,8 @@ def main() -> None:
     for method in methods + extra:
         if method.startswith("parallelcomp"):
             variant = re.fullmatch(
-                r"parallelcomp(-merge)?(?:-bs(\d+))?(?:-(dynamic|static))?", method
+                r"parallelcomp(-merge)?(?:-bs(\d+))?(?:-(dynamic|static|cuda_graph|compiled))?",
+                method,
             )
             if not variant:
                 raise SystemExit(f"unknown method {method}")
@@ -290,6 +294,8 @@ def main() -> None:
         "question": QUESTION,
         "new_tokens": args.new_tokens,
         "eos": "ignored by the engine (ignore_eos=True); the baseline loop never stops early",
+        "baseline_sdpa_backends": "the baselines' SDPA chooses among the engine's own kernels "
+        f"(parallelcomp_llm.attention.SDPA_BACKENDS: {[b.name for b in SDPA_BACKENDS]})",
         "engines": {m: engines[m].describe() for m in engines},
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -342,15 +348,17 @@ def main() -> None:
                 def call(i, contexts=contexts):
                     # The decode anchor: a prompt as long as ParallelComp's merged KV.
                     prompt = full_prompt(contexts[i])[-args.anchor_tokens :]
-                    return run_static_generate(model, prompt, args.new_tokens, facts, device)
+                    with sdpa_kernel(SDPA_BACKENDS):
+                        return run_static_generate(model, prompt, args.new_tokens, facts, device)
 
                 growth = 1.0
             else:
 
                 def call(i, method=method, contexts=contexts):
-                    return run_full(
-                        model, method, full_prompt(contexts[i]), args.new_tokens, facts, device
-                    )
+                    with sdpa_kernel(SDPA_BACKENDS):
+                        return run_full(
+                            model, method, full_prompt(contexts[i]), args.new_tokens, facts, device
+                        )
 
                 growth = 3.0
             for trial in range(args.warmup + args.repeats):
