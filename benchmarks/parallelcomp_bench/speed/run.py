@@ -42,10 +42,8 @@ import traceback
 from pathlib import Path
 
 import torch
-from torch.nn.attention import sdpa_kernel
 
 from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
-from parallelcomp_llm.attention import SDPA_BACKENDS
 from parallelcomp_llm.device import device_work_done
 from parallelcomp_llm.testing import text_of_tokens, tiny_tokenizer
 
@@ -294,8 +292,6 @@ def main() -> None:
         "question": QUESTION,
         "new_tokens": args.new_tokens,
         "eos": "ignored by the engine (ignore_eos=True); the baseline loop never stops early",
-        "baseline_sdpa_backends": "the baselines' SDPA chooses among the engine's own kernels "
-        f"(parallelcomp_llm.attention.SDPA_BACKENDS: {[b.name for b in SDPA_BACKENDS]})",
         "engines": {m: engines[m].describe() for m in engines},
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -348,17 +344,15 @@ def main() -> None:
                 def call(i, contexts=contexts):
                     # The decode anchor: a prompt as long as ParallelComp's merged KV.
                     prompt = full_prompt(contexts[i])[-args.anchor_tokens :]
-                    with sdpa_kernel(SDPA_BACKENDS):
-                        return run_static_generate(model, prompt, args.new_tokens, facts, device)
+                    return run_static_generate(model, prompt, args.new_tokens, facts, device)
 
                 growth = 1.0
             else:
 
                 def call(i, method=method, contexts=contexts):
-                    with sdpa_kernel(SDPA_BACKENDS):
-                        return run_full(
-                            model, method, full_prompt(contexts[i]), args.new_tokens, facts, device
-                        )
+                    return run_full(
+                        model, method, full_prompt(contexts[i]), args.new_tokens, facts, device
+                    )
 
                 growth = 3.0
             for trial in range(args.warmup + args.repeats):
