@@ -2,8 +2,8 @@
 
 The engine switches the model to an attention implementation registered here
 (`parallelcomp_sdpa` or `parallelcomp_flash_attention_2`). It calls transformers' kernel of the
-same name unchanged (SDPA on CUDA, for masked passes of several queries, choosing among
-`SDPA_BACKENDS`: not cuDNN's), and, while an
+same name unchanged (SDPA on CUDA, for passes of several queries, choosing among `SDPA_BACKENDS`:
+not cuDNN's), and, while an
 `AttentionProbe` is active in the calling thread:
 
 - records the attention of the last `window` queries over all keys, summed over those queries and
@@ -32,14 +32,13 @@ from .stages.calibration import Calibrator
 
 BASE_KERNELS = ("sdpa", "flash_attention_2")
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-"""The kernels the hooked `sdpa` lets torch choose from on CUDA for a pass of several queries under
-a mask (a question pass, a final pass): all but cuDNN's, which torch prefers on Hopper GPUs but
+"""The kernels the hooked `sdpa` lets torch choose from on CUDA for a pass of several queries
+(chunk prefill, question pass, final pass): all but cuDNN's, which torch prefers on Hopper GPUs but
 which measured slower there on an H200 (8B shape, time to first token 0.48 s with it and 0.36 s
-without at 8K, the final pass 0.107 s and 0.048 s at 128K;
-benchmarks/results/anatomy_llama3-8b-shape_20261204T040306Z.json). Unmasked prefills and
-single-query decoding steps keep torch's choice, which was the faster one for them
-(speed_llama3-8b-shape_compiled_20261204T040936Z.json, every pass restricted: the cuda_graph step
-84 tok/s against 109 tok/s before)."""
+without at 8K; benchmarks/results/anatomy_llama3-8b-shape_20261204T040306Z.json; 0.50 s and
+1.51 s at 8K and 32K with it in the chunk prefill alone, speed_llama3-8b-shape_compiled_
+20261204T041812Z.json). Single-query decoding steps keep torch's choice, the faster one for them
+(cuda_graph steps at 84 tok/s without cuDNN, 108 tok/s with it; the same two files)."""
 _ACTIVE_PROBE: contextvars.ContextVar[AttentionProbe | None] = contextvars.ContextVar(
     "parallelcomp_probe", default=None
 )
@@ -168,14 +167,14 @@ def active_probe(probe: AttentionProbe | None) -> Iterator[AttentionProbe | None
 
 def _hooked(base: Callable, backends: list[SDPBackend] | None) -> Callable:
     """`base` under the active probe, choosing among `backends` on CUDA when given, for passes
-    of several queries under a mask (not while `torch.compile` traces it)."""
+    of several queries (not while `torch.compile` traces it)."""
 
     def attention(module, query, key, value, attention_mask, **kwargs):
         probe = _ACTIVE_PROBE.get()
         if probe is not None:
             scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
             attention_mask = probe.observe(module.layer_idx, query, key, attention_mask, scaling)
-        restricted = backends is not None and attention_mask is not None and query.shape[2] > 1
+        restricted = backends is not None and query.shape[2] > 1
         if not restricted or not query.is_cuda or torch.compiler.is_compiling():
             return base(module, query, key, value, attention_mask, **kwargs)
         with sdpa_kernel(backends):
