@@ -199,7 +199,7 @@ class ParallelCompConfig(CheckedModel):
         description="How answers decode. 'cuda_graph': over a static KV cache, each step "
         "replayed from a CUDA graph captured once per shape bucket; 'compiled': the same with "
         "the model's forward compiled by torch.compile first (faster steps; the first request "
-        "of each shape bucket waits for the compile, about 30 s for an 8B model on an H200; "
+        "of each shape bucket waits for the compile, 11-18 s for an 8B model on an H200; "
         "on CPU, compiled without graphs); 'static': the static cache without graphs; "
         "'dynamic': a cache that grows by one entry a step. 'auto': cuda_graph on CUDA, dynamic "
         "elsewhere and whenever calibration is on or the model has sliding-window layers.",

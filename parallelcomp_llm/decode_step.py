@@ -34,9 +34,9 @@ from .tracing import StageTracer
 LENGTH_BUCKET = 512
 """Static caches are sized in multiples of this many entries, so that requests share graphs."""
 COMPILED_LENGTH_BUCKET = 2048
-"""The same for compiled steps, coarser: each new size compiles the step again (about 30 s for an
-8B model on an H200), while masked entries cost little (the default `kv_budget` and answer budget
-fit one bucket)."""
+"""The same for compiled steps, coarser: each new size compiles the step again (11-18 s for an 8B
+model on an H200), while masked entries cost little (the default reading and answer budget fit
+one bucket)."""
 KEPT_GRAPHS = 2
 """Captured steps an engine keeps (each holds its static cache), least recently used dropped."""
 
