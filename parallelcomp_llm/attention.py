@@ -9,6 +9,8 @@ not cuDNN's), and, while an
 - records the attention of the last `window` queries over all keys, summed over those queries and
   averaged over the query heads of each KV group (the SnapKV statistic), per layer, for each
   observation window a stage asked for;
+- records the last `query_window` queries themselves (after the rotary embedding), per layer, for
+  a scorer that matches them against the chunks' keys;
 - in the calibrator's layers, has it name the KV entries that draw excessive attention from the
   queries, and masks them out for this pass and every later pass of the request.
 
@@ -53,14 +55,24 @@ class AttentionProbe:
     """What one forward pass should record or change in attention (one per request phase).
 
     `window_scores[window][layer]` (rows, kv_heads, keys) holds the attention of the last
-    `window` queries for each window in `windows` (each at most the pass's query count).
+    `window` queries for each window in `windows` (each at most the pass's query count);
+    `queries[layer]` (rows, heads, query_window, head_dim) the last `query_window` queries, and
+    `scaling` the kernel's softmax scale.
     """
 
-    def __init__(self, windows: Iterable[int] = (), calibration: Calibration | None = None) -> None:
+    def __init__(
+        self,
+        windows: Iterable[int] = (),
+        calibration: Calibration | None = None,
+        query_window: int | None = None,
+    ) -> None:
         self.windows = sorted(set(windows))
         self.calibration = calibration
+        self.query_window = query_window
         self.window_scores: dict[int, dict[int, torch.Tensor]] = {w: {} for w in self.windows}
         self.keep_masks: dict[int, torch.Tensor] = {}
+        self.queries: dict[int, torch.Tensor] = {}
+        self.scaling = 1.0
 
     def observe(
         self,
@@ -71,6 +83,9 @@ class AttentionProbe:
         scaling: float,
     ) -> torch.Tensor | None:
         """Record statistics of this layer's attention; return the mask the kernel should use."""
+        if self.query_window is not None:
+            self.queries[layer] = query[:, :, -self.query_window :]
+            self.scaling = scaling
         if self.windows:
             widest = self.windows[-1]
             weights = _grouped_attention(query[:, :, -widest:], key, attention_mask, scaling)

@@ -1,10 +1,12 @@
 """The per-batch work of the method: after a batch of chunks is prefilled, each question reads it.
 
 For every question, `ChunkReader.read` runs the question pass over the batch (the question after
-every chunk), has the scorer rate each chunk and the selector pick the KV entries each chunk
-keeps within the budget, and adds the result to that question's `Selection`. The pipeline calls
-it over every batch of a context; a prefill worker (`parallelcomp_llm.distributed`) calls it
-over its share of the batches, and the pipeline then adds the workers' selections into one.
+every chunk; for a scorer that reads the question alone, that question's queries once a request
+instead, unless KV is evicted), has the scorer rate each chunk and the selector pick the KV
+entries each chunk keeps within the budget, and adds the result to that question's `Selection`.
+The pipeline calls it over every batch of a context; a prefill worker
+(`parallelcomp_llm.distributed`) calls it over its share of the batches, and the pipeline then
+adds the workers' selections into one.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ from transformers import PreTrainedModel
 from .attention import AttentionProbe
 from .device import Placement
 from .merging import StoredChunk, store_chunk
-from .prefill import EncodedBatch, question_pass
+from .prefill import EncodedBatch, question_alone, question_pass
 from .requests import Encoding
-from .stages import BudgetSplit, ChunkEntries, QuestionEvidence, Stages, WindowAttention
+from .stages import (
+    BudgetSplit,
+    ChunkEntries,
+    QuestionEvidence,
+    QuestionQueries,
+    Stages,
+    WindowAttention,
+)
 from .stages.contract import checked_picks, checked_relevance
 from .tracing import StageTracer
 
@@ -37,7 +46,8 @@ class Selection:
     """One question's reading of the context, batch after batch: each chunk's relevance by chunk
     index (scored whenever there is more than one chunk, for attribution) and, by chunk index, the
     KV after KV eviction of the chunks it may still keep (when `store`: the question may merge
-    them)."""
+    them), and the queries of the question read alone, once read (for a `question_alone`
+    scorer; not carried by `to`)."""
 
     score: bool
     rank: bool
@@ -45,6 +55,7 @@ class Selection:
     store: bool
     relevance: dict[int, float] = field(default_factory=dict)
     stored: dict[int, StoredChunk] = field(default_factory=dict)
+    queries: QuestionQueries | None = None
 
     def add(
         self, relevance: Mapping[int, float], stored: Mapping[int, StoredChunk], keep: int
@@ -65,7 +76,7 @@ class Selection:
     def to(self, devices: Placement) -> Selection:
         """This selection with its stored KV on `devices` (one per layer, or one for all)."""
         stored = {index: chunk.to(devices) for index, chunk in self.stored.items()}
-        return replace(self, relevance=dict(self.relevance), stored=stored)
+        return replace(self, relevance=dict(self.relevance), stored=stored, queries=None)
 
     @classmethod
     def under(cls, split: BudgetSplit, encoding: Encoding, store: bool) -> Selection:
@@ -117,16 +128,21 @@ class ChunkReader:
         selection: Selection,
     ) -> QuestionEvidence | None:
         """The question after every chunk of `batch`, recording the attention the scorer and
-        the selector read; None when nothing is scored or evicted."""
+        the selector read (no pass when only a `question_alone` scorer reads: its queries are
+        read once, into `selection`); None when nothing is scored or evicted."""
         if not (selection.score or selection.evict):
             return None
         scorer, selector = self.stages.scorer, self.stages.selector
-        asked = [scorer.observation_window if selection.score else None]
+        alone = selection.score and scorer.question_alone
+        if alone and selection.queries is None:
+            selection.queries = self.question_queries(encoding, question_ids)
+        asked = [scorer.observation_window if selection.score and not alone else None]
         asked.append(selector.observation_window if selection.evict else None)
         windows = {window: min(window, len(question_ids)) for window in asked if window}
-        probe = AttentionProbe(windows=windows.values())
-        with self.tracer.span("question_pass"):
-            logits = question_pass(self.model, batch, question_ids, probe, self.pad_id)
+        logits, probe = None, AttentionProbe(windows=windows.values())
+        if selection.evict or not alone:
+            with self.tracer.span("question_pass"):
+                logits = question_pass(self.model, batch, question_ids, probe, self.pad_id)
         return QuestionEvidence(
             logits,
             question_ids,
@@ -135,7 +151,21 @@ class ChunkReader:
                 window: WindowAttention(probe.window_scores[queries], queries)
                 for window, queries in windows.items()
             },
+            batch.keys,
+            selection.queries,
         )
+
+    def question_queries(self, encoding: Encoding, question_ids: list[int]) -> QuestionQueries:
+        """The queries of the question's last tokens (the scorer's observation window), the
+        question read alone after the template prefix, at the positions after the longest
+        chunk."""
+        window = self.stages.scorer.observation_window or len(question_ids)
+        probe = AttentionProbe(query_window=min(window, len(question_ids)))
+        prefix = encoding.prefix_ids
+        start = len(prefix) + max(len(chunk) for chunk in encoding.chunks)
+        with self.tracer.span("question_pass"):
+            question_alone(self.model, prefix, question_ids, start, probe)
+        return QuestionQueries(probe.queries, probe.scaling)
 
     def score(self, evidence: QuestionEvidence) -> list[float]:
         """Each chunk's relevance to the question, by the scorer."""

@@ -82,7 +82,9 @@ class ParallelCompConfig(CheckedModel):
     chunk_scoring: str = Field(
         "nll",
         description="The registered `ChunkScorer` that ranks chunks: 'nll' (the question's "
-        "likelihood given the chunk) or 'attention' (the question's attention mass on it).",
+        "likelihood given the chunk), 'attention' (the question's attention mass on it) or "
+        "'key_match' (the queries of the question read once alone, matched against each "
+        "chunk's keys: no question pass after the chunks).",
     )
     kv_selection: str = Field(
         "snapkv",

@@ -103,3 +103,22 @@ def question_pass(
     return run_on_cache(
         model, input_ids, position_ids, cache, attention_mask, probe, logits_to_keep=q_len
     )
+
+
+@torch.inference_mode()
+def question_alone(
+    model: PreTrainedModel,
+    prefix_ids: list[int],
+    question_ids: list[int],
+    start: int,
+    probe: AttentionProbe,
+) -> None:
+    """Run the template prefix and the question block as one row, the question at positions from
+    `start` (as if after a chunk that ends there), for what `probe` records."""
+    device = model_device(model)
+    tokens = prefix_ids + question_ids
+    positions = list(range(len(prefix_ids))) + list(range(start, start + len(question_ids)))
+    input_ids = torch.tensor([tokens], dtype=torch.long, device=device)
+    attention_mask = torch.ones_like(input_ids)
+    position_ids = torch.tensor([positions], device=device)
+    run_on_cache(model, input_ids, position_ids, DynamicCache(), attention_mask, probe, 1)

@@ -6,7 +6,8 @@ model's worker thread, right before and after the stage's work is queued (on a G
 still run after "end": time it with CUDA events, as `benchmarks` does). A stage that fails still
 ends (a chunk batch that runs out of memory, then runs again with fewer chunks, is two spans).
 An observer that raises fails the request. Stages, in order:
-`chunk_prefill`, `question_pass`, `chunk_scoring`, `kv_selection` (per chunk batch and question),
+`chunk_prefill`, `question_pass`, `chunk_scoring`, `kv_selection` (per chunk batch and question;
+`question_pass` once per question instead for a scorer that reads the question alone),
 `chunk_eviction`, `merge` or `reread` (per question), `final_pass` (with calibration), then per
 token `sampling` (ends once the tokens are on the host) and `decode_step` (the first of which holds
 `decode_setup` on a static cache: the KV copied into it, and the CUDA graph captured for a new

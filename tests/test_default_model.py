@@ -41,3 +41,16 @@ def test_cli_finds_a_passkey_beyond_the_trained_window(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert first_integer(out) == key
     assert '"chunks_total": 30' in err  # 14,000 tokens in chunks of 478
+
+
+@pytest.mark.default_model
+def test_key_match_scoring_keeps_the_passkeys_chunk_beyond_the_trained_window():
+    from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
+
+    engine = ParallelCompEngine.default(ParallelCompConfig(chunk_scoring="key_match"))
+    count = lambda text: len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    key = 58_213
+    haystack = passkey_haystack(10_000, 0.3, key, count)
+    answer = engine.generate(haystack, PASSKEY_QUESTION, max_new_tokens=12)
+    assert answer.stats.scorer == "key_match" and answer.stats.chunks_total > 16
+    assert first_integer(answer.text) == key  # only the kept chunks were read again

@@ -59,3 +59,18 @@ def test_the_profiler_sees_the_stages_by_name():
     assert {
         f"parallelcomp/{stage}" for stage in ("chunk_prefill", "kv_selection", "merge")
     } <= ranges
+
+
+def test_a_scorer_of_the_question_alone_reads_it_once_and_no_question_pass_after_the_chunks():
+    seen: list[tuple[str, str]] = []
+    engine = observed_engine(seen, keep_chunks=2, kv_budget=None, chunk_scoring="key_match")
+    fresh = engine.generate(DOCS, "Which?", max_new_tokens=3, ignore_eos=True)
+    starts = [stage for stage, phase in seen if phase == "start"]
+    per_batch = ["chunk_prefill", "chunk_scoring", "kv_selection"]
+    assert starts[:7] == per_batch[:1] + ["question_pass"] + per_batch[1:] + per_batch
+    assert starts.count("question_pass") == 1
+    seen.clear()
+    again = engine.generate(engine.encode(DOCS), "Which?", max_new_tokens=3, ignore_eos=True)
+    assert [stage for stage, phase in seen if phase == "start"].count("question_pass") == 1
+    assert [c.relevance for c in again.stats.chunks] == [c.relevance for c in fresh.stats.chunks]
+    assert again.token_ids == fresh.token_ids and fresh.stats.scorer == "key_match"

@@ -19,8 +19,10 @@ from .scoring import (
     SCORERS,
     AttentionMassScorer,
     ChunkScorer,
+    KeyMatchScorer,
     NllScorer,
     QuestionEvidence,
+    QuestionQueries,
     WindowAttention,
 )
 from .selection import (
@@ -97,8 +99,10 @@ __all__ = [
     "ChunkScorer",
     "EvenBudget",
     "KVSelector",
+    "KeyMatchScorer",
     "NllScorer",
     "QuestionEvidence",
+    "QuestionQueries",
     "Registry",
     "ScoredSelector",
     "SnapKVSelector",

@@ -1,15 +1,17 @@
 """Chunk scorers: how relevant each chunk is to the question, higher is more relevant.
 
 The question pass runs the question block after every chunk of a batch; a scorer reads what that
-pass shows (`QuestionEvidence`) and returns one relevance per chunk. The best-scored chunks are
-kept (`BudgetPolicy`), the others dropped.
+pass shows (`QuestionEvidence`) and returns one relevance per chunk. A scorer marked
+`question_alone` reads instead the queries of the question read once alone (`QuestionQueries`)
+and the batch's keys, so that no question pass runs for it. The best-scored chunks are kept
+(`BudgetPolicy`), the others dropped.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import torch
 
@@ -30,19 +32,33 @@ class WindowAttention:
 
 
 @dataclass(frozen=True)
+class QuestionQueries:
+    """The queries of the question's last tokens, read once alone after the template prefix
+    (after the rotary embedding, at the positions right after the longest chunk): per layer
+    (1, heads, tokens, head_dim), with the attention kernel's softmax `scaling`."""
+
+    by_layer: dict[int, torch.Tensor]
+    scaling: float
+
+
+@dataclass(frozen=True)
 class QuestionEvidence:
-    """What one question pass over a batch of chunks shows.
+    """What the question shows over a batch of chunks.
 
     `logits` (rows, question tokens, vocab) are the model's predictions over the question block
-    after each row; row `r` holds its chunk's context at `context[r]` (after the template
-    prefix, before padding); `windows` maps an observation window asked for by a stage to the
-    attention recorded for it (`window_attention`).
+    after each row (None when no question pass ran: the scorer reads the question alone and no
+    KV is evicted); row `r` holds its chunk's context at `context[r]` (after the template prefix,
+    before padding); `windows` maps an observation window asked for by a stage to the attention
+    recorded for it (`window_attention`); `keys` are the batch's keys, per layer (rows,
+    kv_heads, width, head_dim), and `queries` the question's own, for a `question_alone` scorer.
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     question_ids: list[int]
     context: list[slice]
     windows: dict[int, WindowAttention]
+    keys: list[torch.Tensor]
+    queries: QuestionQueries | None = None
 
     def window_attention(self, window: int) -> WindowAttention:
         """The attention recorded for an observation window of `window` question tokens."""
@@ -53,7 +69,11 @@ class ChunkScorer(Stage):
     """Relevance of each chunk of a batch to the question (higher is more relevant)."""
 
     observation_window: ObservationWindow | None = None
-    """Last question tokens whose attention the scorer reads (None: it reads only logits)."""
+    """Last question tokens whose attention the scorer reads (None: it reads only logits), or,
+    `question_alone`, whose queries it reads (None: every question token's)."""
+    question_alone: ClassVar[bool] = False
+    """Whether the scorer reads the queries of the question read once alone (`QuestionQueries`)
+    instead of a question pass after every chunk."""
 
     @abstractmethod
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
@@ -101,7 +121,7 @@ class AttentionMassScorer(ChunkScorer):
 
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
         attention = evidence.window_attention(self.observation_window)
-        device = evidence.logits.device
+        device = evidence.keys[0].device
         rows = []
         for row, context in enumerate(evidence.context):
             per_layer = [
@@ -117,3 +137,35 @@ class AttentionMassScorer(ChunkScorer):
         if total <= 0:
             return [1.0 / len(relevance)] * len(relevance)
         return [value / total for value in relevance]
+
+
+@SCORERS.register("key_match")
+class KeyMatchScorer(ChunkScorer):
+    """How strongly the queries of the question's last tokens, the question read once alone,
+    match the keys of the chunk's context: the log-sum-exp of their attention logits over those
+    keys (the log of the attention the chunk would draw beside the others), averaged over the
+    tokens, the query heads and the layers. No question pass runs after the chunks, so a
+    question costs about as much over any number of chunks (the paper scores by `nll`)."""
+
+    observation_window: ObservationWindow = OBSERVATION_WINDOW
+    question_alone: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, config: ParallelCompConfig) -> Self:
+        return cls(observation_window=config.observation_window)
+
+    def score(self, evidence: QuestionEvidence) -> torch.Tensor:
+        queries, device = evidence.queries, evidence.keys[0].device
+        context = torch.zeros(len(evidence.context), evidence.keys[0].shape[2], dtype=torch.bool)
+        for row, span in enumerate(evidence.context):
+            context[row, span] = True
+        outside = ~context[:, None, None, None, :]
+        per_layer = []
+        for layer, keys in enumerate(evidence.keys):
+            query = queries.by_layer[layer][0].to(keys.device).float()
+            heads, tokens, dim = query.shape
+            grouped = query.view(int(keys.shape[1]), heads // int(keys.shape[1]), tokens, dim)
+            logits = torch.einsum("hgqd,rhkd->rhgqk", grouped, keys.float()) * queries.scaling
+            logits = logits.masked_fill(outside.to(keys.device), float("-inf"))
+            per_layer.append(torch.logsumexp(logits, dim=-1).mean(dim=(1, 2, 3)).to(device))
+        return torch.stack(per_layer).mean(dim=0)

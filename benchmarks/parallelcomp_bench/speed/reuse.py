@@ -48,16 +48,18 @@ def main() -> None:
     parser.add_argument("--length", default="128K")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk-scoring", default="nll", help="the engine's chunk scorer")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test with a tiny model")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     if args.tiny:
         device, length, name = torch.device("cpu"), 2000, "tiny-llama"
-        engine = tiny_engine("llama", **NO_REUSE)
+        engine = tiny_engine("llama", chunk_scoring=args.chunk_scoring, **NO_REUSE)
     else:
         device, length, name = torch.device("cuda"), parse_length(args.length), args.model
         model = build_model(args.model, device, torch.bfloat16)
-        engine = ParallelCompEngine(model, tiny_tokenizer(), ParallelCompConfig(**NO_REUSE))
+        config = ParallelCompConfig(chunk_scoring=args.chunk_scoring, **NO_REUSE)
+        engine = ParallelCompEngine(model, tiny_tokenizer(), config)
     options = {"max_new_tokens": args.new_tokens, "ignore_eos": True}
     warm = engine.encode(text_of_tokens(min(length, 16_384), seed=99))
     engine.generate(warm, QUESTIONS[0], **options)
@@ -79,6 +81,7 @@ def main() -> None:
         "environment": provenance(),
         "engine": engine.describe(),
         "model": name,
+        "chunk_scoring": args.chunk_scoring,
         "context_tokens": first.stats.context_tokens,
         "chunks": first.stats.chunks_total,
         "new_tokens": args.new_tokens,
@@ -103,7 +106,8 @@ def main() -> None:
         "peak_gib": (peak_bytes(device) or 0) / (1 << 30),
     }
     print(json.dumps(record, indent=2))
-    result_path(args.out, f"reuse_{name}").write_text(json.dumps(record, indent=2) + "\n")
+    scoring = "" if args.chunk_scoring == "nll" else f"_{args.chunk_scoring}"
+    result_path(args.out, f"reuse_{name}{scoring}").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ tokenizer of `parallelcomp_llm.testing`, so one character is one token), this me
 - peak CUDA memory allocated during the request (model weights included),
 
 for `parallelcomp` (the engine, default config: the kept chunks read again; `parallelcomp-merge`
-decodes over their merged KV, the paper's method; `-bsN` sets `chunk_batch_size=N`) and for
+decodes over their merged KV, the paper's method; `-bsN` sets `chunk_batch_size=N`, a
+decode step's name `decode_step`, `-key_match` `chunk_scoring="key_match"`) and for
 full attention (`sdpa`, `flash_attention_2` when flash-attn is importable): a plain prefill and a
 greedy decode loop over a DynamicCache that takes each token to the host, as `generate` does. One
 warm-up and `--repeats` timed runs per (method, length); medians reported. Models are
@@ -240,7 +241,8 @@ def main() -> None:
     for method in methods + extra:
         if method.startswith("parallelcomp"):
             variant = re.fullmatch(
-                r"parallelcomp(-merge)?(?:-bs(\d+))?(?:-(dynamic|static|cuda_graph|compiled))?",
+                r"parallelcomp(-merge)?(?:-bs(\d+))?(?:-(dynamic|static|cuda_graph|compiled))?"
+                r"(?:-(key_match))?",
                 method,
             )
             if not variant:
@@ -252,6 +254,8 @@ def main() -> None:
                 settings["chunk_batch_size"] = int(variant.group(2))
             if variant.group(3):
                 settings["decode_step"] = variant.group(3)
+            if variant.group(4):
+                settings["chunk_scoring"] = variant.group(4)
             if args.tiny:
                 # small reserves; keep 1 chunk and 128 entries so that every stage runs
                 settings |= {
