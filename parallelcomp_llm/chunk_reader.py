@@ -2,7 +2,8 @@
 
 For every question, `ChunkReader.read` runs the question pass over the batch (the question after
 every chunk; for a scorer that reads the question alone, that question's queries once a request
-instead, unless KV is evicted), has the scorer rate each chunk and the selector pick the KV
+instead, unless KV is evicted; for a scorer that reads only the first layers, through those
+layers), has the scorer rate each chunk and the selector pick the KV
 entries each chunk keeps within the budget, and adds the result to that question's `Selection`.
 The pipeline calls it over every batch of a context; a prefill worker
 (`parallelcomp_llm.distributed`) calls it over its share of the batches, and the pipeline then
@@ -140,9 +141,10 @@ class ChunkReader:
         asked.append(selector.observation_window if selection.evict else None)
         windows = {window: min(window, len(question_ids)) for window in asked if window}
         logits, probe = None, AttentionProbe(windows=windows.values())
+        layers = None if selection.evict else scorer.layers_read
         if selection.evict or not alone:
             with self.tracer.span("question_pass"):
-                logits = question_pass(self.model, batch, question_ids, probe, self.pad_id)
+                logits = question_pass(self.model, batch, question_ids, probe, self.pad_id, layers)
         return QuestionEvidence(
             logits,
             question_ids,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .chunking import MIN_CHUNK_TOKENS
 from .errors import CheckedModel
 from .stages.base import Stage
 from .stages.budget import EvenBudget, KeepChunks, KVBudget, RelativeShare
 from .stages.calibration import BiasCalibrator, BiasThreshold, LayerRange, Region, RegionTokens
-from .stages.scoring import SCORERS
+from .stages.scoring import SCORERS, Head
 from .stages.selection import SELECTORS, ObservationWindow, PoolingKernel, SnapKVSelector
 
 _CHUNK_ROOM_FRACTIONS = {"reread": 0.0625, "merge": 0.25}
@@ -84,7 +84,16 @@ class ParallelCompConfig(CheckedModel):
         description="The registered `ChunkScorer` that ranks chunks: 'nll' (the question's "
         "likelihood given the chunk), 'attention' (the question's attention mass on it) or "
         "'key_match' (the queries of the question read once alone, matched against each "
-        "chunk's keys: no question pass after the chunks).",
+        "chunk's keys: no question pass after the chunks) or 'heads' (the question's attention "
+        "on it in the retrieval heads `scoring_heads`: the question pass, and the chunk prefill "
+        "when no chunk's KV is kept, stop after the deepest of them).",
+    )
+    scoring_heads: tuple[Head, ...] | None = Field(
+        None,
+        min_length=1,
+        description="The (layer, KV head) pairs, counted from 0, that `chunk_scoring='heads'` "
+        "reads; required by it and read by no other scorer. Which heads retrieve depends on the "
+        "model: `python -m parallelcomp_bench.quality.scoring_probe` ranks them.",
     )
     kv_selection: str = Field(
         "snapkv",
@@ -225,6 +234,16 @@ class ParallelCompConfig(CheckedModel):
     def _registered_scorer(cls, name: str) -> str:
         SCORERS.get(name)
         return name
+
+    @model_validator(mode="after")
+    def _heads_for_their_scorer(self) -> ParallelCompConfig:
+        if self.chunk_scoring == "heads" and self.scoring_heads is None:
+            raise ValueError(
+                "chunk_scoring='heads' needs scoring_heads, the (layer, KV head) pairs it reads"
+            )
+        if self.chunk_scoring != "heads" and self.scoring_heads is not None:
+            raise ValueError("scoring_heads is read only by chunk_scoring='heads'")
+        return self
 
     @field_validator("kv_selection")
     @classmethod

@@ -69,7 +69,8 @@ def model_key(model: PreTrainedModel, plan: ChunkPlan, prefix_ids: list[int]) ->
 class ContextCache:
     """Encoded chunks of one context, for one model and settings (`model_key`), each prefilled
     after `prefix_ids` (the prompt template's prefix, with the system prompt if one was given);
-    each layer's KV on one device (its layer's, or the CPU)."""
+    each layer's KV on one device (its layer's, or the CPU). `engine.encode` keeps every layer;
+    the engine's own store may keep the first layers only, all its scorer reads (`layers`)."""
 
     model_key: str
     context_key: str
@@ -81,6 +82,11 @@ class ContextCache:
     @property
     def nbytes(self) -> int:
         return sum(batch.nbytes for batch in self.batches)
+
+    @property
+    def layers(self) -> int:
+        """How many of the model's layers, from the first, the cache holds the KV of."""
+        return len(self.batches[0].keys)
 
     def check_made_for(self, model_key: str) -> None:
         """`ContextCacheMismatchError` unless the cache was made for `model_key`."""

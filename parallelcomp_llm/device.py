@@ -63,12 +63,13 @@ Placement = torch.device | Sequence[torch.device]
 
 
 def per_layer(devices: Placement, layers: int) -> list[torch.device]:
-    """`devices` as a device for each of `layers` layers."""
+    """`devices` as a device for each of the first `layers` layers (KV of the model's first
+    layers only takes the first devices of a model's list)."""
     if isinstance(devices, torch.device):
         return [devices] * layers
-    if len(devices) != layers:
+    if len(devices) < layers:
         raise ValueError(f"{len(devices)} devices given for {layers} layers")
-    return list(devices)
+    return list(devices[:layers])
 
 
 def placed(tensors: list[torch.Tensor], devices: Placement) -> list[torch.Tensor]:

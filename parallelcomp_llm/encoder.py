@@ -1,5 +1,6 @@
-"""The parallel prefill of a context: its chunks encoded in batches of rows, or taken from a kept
-encoding (`ContextCache`), with fewer rows per pass when the device runs out of memory."""
+"""The parallel prefill of a context: its chunks encoded in batches of rows (through the model's
+first layers only, when nothing reads the others), or taken from a kept encoding
+(`ContextCache`), with fewer rows per pass when the device runs out of memory."""
 
 from __future__ import annotations
 
@@ -77,11 +78,14 @@ class ChunkEncoder:
         size, count = self.rows_per_batch(encoding), len(encoding.chunks)
         return [list(range(first, min(first + size, count))) for first in range(0, count, size)]
 
-    def prefill(self, encoding: Encoding, indices: list[int]) -> EncodedBatch:
-        """One forward pass over the chunks `indices` of `encoding`, each after its prefix."""
+    def prefill(
+        self, encoding: Encoding, indices: list[int], layers: int | None = None
+    ) -> EncodedBatch:
+        """One forward pass over the chunks `indices` of `encoding`, each after its prefix,
+        through the model's first `layers` decoder layers (None: all)."""
         rows = [encoding.prefix_ids + encoding.chunks[i].token_ids for i in indices]
         with self.tracer.span("chunk_prefill"):
-            return prefill_rows(self.model, rows, self.pad_id, indices)
+            return prefill_rows(self.model, rows, self.pad_id, indices, layers)
 
     def batches(
         self,
@@ -89,11 +93,15 @@ class ChunkEncoder:
         count: PrefillCount,
         progress: bool,
         explicit: bool = False,
+        depth: int | None = None,
     ) -> Iterator[EncodedBatch]:
-        """The context's encoded batches, in chunk order; `count` says how they were had."""
+        """The context's encoded batches, in chunk order, with the KV of the model's first
+        `depth` layers at least (None: all; an `explicit` encoding has all); `count` says how
+        they were had. A kept encoding with fewer layers is encoded again."""
         layers = layer_devices(self.model)
+        depth = None if explicit else depth
         cache = encoding.cache or self.store.get(encoding.context_key)
-        if cache is not None:
+        if cache is not None and cache.layers >= (depth or len(layers)):
             count.cache_hit = True
             yield from cache.to(layers).batches
             return
@@ -111,7 +119,7 @@ class ChunkEncoder:
         while first < len(chunks):
             indices = list(range(first, min(first + batch_size, len(chunks))))
             try:
-                batch = self.prefill(encoding, indices)
+                batch = self.prefill(encoding, indices, depth)
             except MEMORY_ERRORS as error:
                 if batch_size == 1 or not out_of_memory(error):
                     raise

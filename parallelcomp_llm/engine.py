@@ -29,6 +29,7 @@ from .intake import Context, Intake
 from .loading import LoadOptions, from_pretrained_settings
 from .models import (
     check_calibrator,
+    check_scorer,
     check_supported,
     end_token_ids,
     load_model_and_tokenizer,
@@ -89,6 +90,7 @@ class ParallelCompEngine:
         )
         kernel = resolve_kernel(config.attn_implementation, devices)
         check_calibrator(stages.calibrator, model.config, kernel, config.kept_chunks)
+        check_scorer(stages.scorer, model.config)
         use_hooked_attention(model, kernel)
         self.native_window: int = int(model.config.max_position_embeddings)
         """The model's trained context window, in tokens."""

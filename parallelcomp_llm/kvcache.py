@@ -1,15 +1,19 @@
 """Running the model over a KV cache: wrapping stored tensors in a `DynamicCache` without copying
 them, and one forward pass over a cache under an attention probe.
 
-This is the one place that passes a cache to the model. transformers 5.24 renamed the forward
-argument `past_key_values` to `cache` (the old name warns, and goes in 5.40); 5.17 to 5.23 know
-only `past_key_values`. The name is read from the model's own forward signature.
+This is the one place that passes a cache to the model, and that stops a pass after its first
+layers when nothing later is read (the cache then holds those layers only). transformers 5.24
+renamed the forward argument `past_key_values` to `cache` (the old name warns, and goes in 5.40);
+5.17 to 5.23 know only `past_key_values`. The name is read from the model's own forward
+signature.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -48,6 +52,31 @@ def tensors_of(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tens
     return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
 
 
+class _LayersDone(Exception):
+    """Raised after the last decoder layer a pass needs, to end the pass there."""
+
+
+@contextmanager
+def _stopping_after(model: PreTrainedModel, layers: int | None) -> Iterator[None]:
+    """End the model's forward passes inside the block after their first `layers` decoder layers
+    (None, or every layer: run them all)."""
+    decoder_layers = model.get_decoder().layers
+    if layers is None or layers >= len(decoder_layers):
+        yield
+        return
+
+    def done(module: torch.nn.Module, args: object, output: object) -> None:
+        raise _LayersDone
+
+    handle = decoder_layers[layers - 1].register_forward_hook(done)
+    try:
+        yield
+    except _LayersDone:
+        pass
+    finally:
+        handle.remove()
+
+
 def run_on_cache(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -56,11 +85,15 @@ def run_on_cache(
     attention_mask: torch.Tensor | None = None,
     probe: AttentionProbe | None = None,
     logits_to_keep: int = 0,
-) -> torch.Tensor:
+    layers: int | None = None,
+) -> torch.Tensor | None:
     """Feed `input_ids` at `position_ids` after what `cache` holds (the cache grows); return the
     logits (all positions, or the last `logits_to_keep`). `position_ids` None: the positions
-    after the cache's entries, as transformers counts them."""
-    with active_probe(probe):
+    after the cache's entries, as transformers counts them. With `layers` fewer than the model's,
+    the pass ends after its first `layers` decoder layers: only they add to the cache, and there
+    are no logits (None)."""
+    logits = None
+    with active_probe(probe), _stopping_after(model, layers):
         output = model(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -69,4 +102,5 @@ def run_on_cache(
             logits_to_keep=logits_to_keep,
             **{cache_argument(model): cache},
         )
-    return output.logits
+        logits = output.logits
+    return logits

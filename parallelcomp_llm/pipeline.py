@@ -171,7 +171,8 @@ class Pipeline:
         prefill (and is not kept encoded), else here."""
         plan = self.encoder.plan(encoding) if self.workers is not None else None
         if plan is None or len(plan) < 2:
-            for batch in self.encoder.batches(encoding, count, progress):
+            depth = self.prefill_depth(selections)
+            for batch in self.encoder.batches(encoding, count, progress, depth=depth):
                 self.reader.read(batch, encoding, questions, selections, split)
             return
         layers = layer_devices(self.model)
@@ -189,11 +190,20 @@ class Pipeline:
         yield (0, the questions' selections, on the CPU)."""
         devices = model_devices(self.model)
         with reporting_memory_errors(*devices), checked_between_layers(self.model, control.check):
+            depth = self.prefill_depth(work.selections)
             for indices in work.batches:
-                batch = self.encoder.prefill(work.encoding, indices)
+                batch = self.encoder.prefill(work.encoding, indices, depth)
                 self.reader.read(batch, work.encoding, work.questions, work.selections, work.split)
                 del batch
         yield (0, [selection.to(torch.device("cpu")) for selection in work.selections])
+
+    def prefill_depth(self, selections: list[Selection]) -> int | None:
+        """How many of the model's layers, from the first, the chunk prefill runs for these
+        questions: only those the scorer reads when no question keeps any chunk's KV (None:
+        all)."""
+        if any(selection.store for selection in selections):
+            return None
+        return self.stages.scorer.layers_read
 
     def may_merge(self, request: Request, split: BudgetSplit) -> bool:
         """Whether the request may merge the KV of its kept chunks (so that it is stored): not

@@ -4,7 +4,8 @@ Each row's position ids start again at 0, so no position exceeds the trained win
 the whole context is. Rows are right-padded to one width: the pads come after every real token,
 so causal attention alone keeps them out and the prefill needs no mask (a padding mask would push
 SDPA off its fastest kernel). The question pass then runs the same question block after every
-row at once, masking the pads, on top of the batch's stored KV.
+row at once, masking the pads, on top of the batch's stored KV. Either pass may stop after the
+model's first layers, when only their attention is read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ QUESTION_BUCKET = 32
 @dataclass
 class EncodedBatch:
     """KV of right-padded `[prefix][chunk]` rows: per layer (rows, kv_heads, width, head_dim),
-    each layer's on that layer's device.
+    each layer's on that layer's device; the model's first layers only, when the prefill stopped
+    after them.
 
     Row `r` holds chunk `chunk_indices[r]`: `lengths[r]` real entries, then padding.
     """
@@ -60,9 +62,14 @@ class EncodedBatch:
 
 @torch.inference_mode()
 def prefill_rows(
-    model: PreTrainedModel, rows: list[list[int]], pad_id: int, chunk_indices: list[int]
+    model: PreTrainedModel,
+    rows: list[list[int]],
+    pad_id: int,
+    chunk_indices: list[int],
+    layers: int | None = None,
 ) -> EncodedBatch:
-    """Run the model over `rows` (token id lists) as one right-padded batch; keep the KV."""
+    """Run the model over `rows` (token id lists) as one right-padded batch; keep the KV (of the
+    first `layers` decoder layers only, when given: the pass stops after them)."""
     device = model_device(model)
     width = max(len(row) for row in rows)
     input_ids = torch.tensor(
@@ -70,7 +77,7 @@ def prefill_rows(
     )
     position_ids = torch.arange(width, device=device)[None, :].expand(len(rows), -1)
     cache = DynamicCache()
-    run_on_cache(model, input_ids, position_ids, cache, logits_to_keep=1)
+    run_on_cache(model, input_ids, position_ids, cache, logits_to_keep=1, layers=layers)
     keys, values = tensors_of(cache)
     return EncodedBatch(chunk_indices, [len(row) for row in rows], keys, values)
 
@@ -82,8 +89,10 @@ def question_pass(
     question_ids: list[int],
     probe: AttentionProbe,
     pad_id: int,
-) -> torch.Tensor:
-    """Run the question block after every row of `batch`; return its logits (rows, q, vocab).
+    layers: int | None = None,
+) -> torch.Tensor | None:
+    """Run the question block after every row of `batch`; return its logits (rows, q, vocab),
+    or None when the pass stops after its first `layers` decoder layers.
 
     Each row's question starts at the position right after that row's own tokens. The question
     is left-padded (masked) to a multiple of `QUESTION_BUCKET` tokens, so that questions of
@@ -100,9 +109,7 @@ def question_pass(
     offsets = torch.tensor([0] * missing + list(range(q_len)), device=device)
     position_ids = torch.tensor(batch.lengths, device=device)[:, None] + offsets[None, :]
     cache = cache_from_tensors(batch.keys, batch.values)
-    return run_on_cache(
-        model, input_ids, position_ids, cache, attention_mask, probe, logits_to_keep=q_len
-    )
+    return run_on_cache(model, input_ids, position_ids, cache, attention_mask, probe, q_len, layers)
 
 
 @torch.inference_mode()

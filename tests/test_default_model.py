@@ -54,3 +54,17 @@ def test_key_match_scoring_keeps_the_passkeys_chunk_beyond_the_trained_window():
     answer = engine.generate(haystack, PASSKEY_QUESTION, max_new_tokens=12)
     assert answer.stats.scorer == "key_match" and answer.stats.chunks_total > 16
     assert first_integer(answer.text) == key  # only the kept chunks were read again
+
+
+@pytest.mark.default_model
+def test_its_retrieval_head_keeps_the_passkeys_chunk_beyond_the_trained_window():
+    from parallelcomp_llm import ParallelCompConfig, ParallelCompEngine
+
+    config = ParallelCompConfig(chunk_scoring="heads", scoring_heads=[(17, 1)])
+    engine = ParallelCompEngine.default(config)
+    count = lambda text: len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    key = 40_637
+    haystack = passkey_haystack(10_000, 0.6, key, count)
+    answer = engine.generate(haystack, PASSKEY_QUESTION, max_new_tokens=12)
+    assert answer.stats.scorer == "heads" and answer.stats.chunks_total > 16
+    assert first_integer(answer.text) == key

@@ -23,6 +23,7 @@ from .scoring import (
     NllScorer,
     QuestionEvidence,
     QuestionQueries,
+    RetrievalHeadScorer,
     WindowAttention,
 )
 from .selection import (
@@ -101,6 +102,7 @@ __all__ = [
     "KVSelector",
     "KeyMatchScorer",
     "NllScorer",
+    "RetrievalHeadScorer",
     "QuestionEvidence",
     "QuestionQueries",
     "Registry",

@@ -3,17 +3,19 @@
 The question pass runs the question block after every chunk of a batch; a scorer reads what that
 pass shows (`QuestionEvidence`) and returns one relevance per chunk. A scorer marked
 `question_alone` reads instead the queries of the question read once alone (`QuestionQueries`)
-and the batch's keys, so that no question pass runs for it. The best-scored chunks are kept
-(`BudgetPolicy`), the others dropped.
+and the batch's keys, so that no question pass runs for it. A scorer that reads only the first
+layers (`layers_read`) lets the question pass, and the chunk prefill when no chunk's KV is kept,
+stop after them. The best-scored chunks are kept (`BudgetPolicy`), the others dropped.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Self
+from typing import TYPE_CHECKING, Annotated, ClassVar, Self
 
 import torch
+from pydantic import Field, NonNegativeInt
 
 from .base import Registry, Stage
 from .selection import OBSERVATION_WINDOW, ObservationWindow
@@ -74,6 +76,12 @@ class ChunkScorer(Stage):
     question_alone: ClassVar[bool] = False
     """Whether the scorer reads the queries of the question read once alone (`QuestionQueries`)
     instead of a question pass after every chunk."""
+
+    @property
+    def layers_read(self) -> int | None:
+        """How many decoder layers, from the first, the scorer reads the attention of (None: the
+        whole model, logits included): the question pass stops after them."""
+        return None
 
     @abstractmethod
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
@@ -169,3 +177,43 @@ class KeyMatchScorer(ChunkScorer):
             logits = logits.masked_fill(outside.to(keys.device), float("-inf"))
             per_layer.append(torch.logsumexp(logits, dim=-1).mean(dim=(1, 2, 3)).to(device))
         return torch.stack(per_layer).mean(dim=0)
+
+
+Head = Annotated[tuple[NonNegativeInt, NonNegativeInt], Field(description="(layer, KV head)")]
+WHOLE_QUESTION = 1024
+"""The observation window of `RetrievalHeadScorer`: the whole question block of most questions."""
+
+
+@SCORERS.register("heads")
+class RetrievalHeadScorer(ChunkScorer):
+    """The attention the question draws to the chunk's context in chosen KV heads, retrieval
+    heads of the model: the mean over `heads` (layer, KV head) of the log of that attention's
+    mass (summed over the question's last `observation_window` tokens, averaged over the query
+    heads of the group). The question pass stops after the deepest listed layer, and so does
+    the chunk prefill when no chunk's KV is kept; which heads retrieve is the model's own
+    (`parallelcomp_bench.quality.scoring_probe` ranks them)."""
+
+    heads: tuple[Head, ...] = Field(min_length=1)
+    observation_window: ObservationWindow = WHOLE_QUESTION
+
+    @classmethod
+    def from_config(cls, config: ParallelCompConfig) -> Self:
+        return cls(heads=tuple(config.scoring_heads or ()))
+
+    @property
+    def layers_read(self) -> int:
+        return max(layer for layer, _ in self.heads) + 1
+
+    def score(self, evidence: QuestionEvidence) -> torch.Tensor:
+        attention = evidence.window_attention(self.observation_window)
+        device = evidence.keys[0].device
+        keys = int(attention.scores[self.heads[0][0]].shape[-1])
+        context = torch.zeros(len(evidence.context), keys, dtype=torch.bool)
+        for row, span in enumerate(evidence.context):
+            context[row, span] = True
+        logs = []
+        for layer, head in self.heads:
+            scores = attention.scores[layer][:, head].float()
+            mass = scores.masked_fill(~context.to(scores.device), 0.0).sum(dim=-1)
+            logs.append(mass.clamp_min(1e-12).log().to(device))
+        return torch.stack(logs).mean(dim=0)

@@ -31,6 +31,10 @@ _NO_EVICTION = {
 }
 # the paper's ParallelComp: the kept chunks' evicted KV merged (3 chunks, 1,024 entries each)
 _MERGED = {"kept_chunks": "merge"}
+# chunks scored by the default model's retrieval head (layer 17, KV head 1, the best single head
+# of `scoring_probe` on passkey, needle and RULER items: benchmarks/results/scoring_probe/), the
+# passes stopping after layer 17 of 30
+_DEFAULT_MODEL_HEADS = {"chunk_scoring": "heads", "scoring_heads": [(17, 1)]}
 
 
 class EngineMethod:
@@ -64,6 +68,7 @@ _METHODS: dict[str, tuple[dict[str, Any], _Build]] = {
     "parallelcomp": ({}, EngineMethod),
     "parallelcomp-noevict": (_NO_EVICTION, EngineMethod),
     "parallelcomp-merge": (_MERGED, EngineMethod),
+    "parallelcomp-heads": (_DEFAULT_MODEL_HEADS, EngineMethod),
     "full": ({}, FullPromptMethod),
     "truncate-middle": ({}, partial(FullPromptMethod, truncate=True)),
     "rope-linear": ({}, partial(FullPromptMethod, rope_type="linear")),

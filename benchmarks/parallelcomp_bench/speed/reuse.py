@@ -49,16 +49,25 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-scoring", default="nll", help="the engine's chunk scorer")
+    parser.add_argument(
+        "--scoring-heads",
+        nargs="+",
+        default=None,
+        help="LAYER:KV_HEAD pairs, for --chunk-scoring heads",
+    )
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test with a tiny model")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    scoring = {"chunk_scoring": args.chunk_scoring}
+    if args.scoring_heads:
+        scoring["scoring_heads"] = [tuple(map(int, h.split(":"))) for h in args.scoring_heads]
     if args.tiny:
         device, length, name = torch.device("cpu"), 2000, "tiny-llama"
-        engine = tiny_engine("llama", chunk_scoring=args.chunk_scoring, **NO_REUSE)
+        engine = tiny_engine("llama", **scoring, **NO_REUSE)
     else:
         device, length, name = torch.device("cuda"), parse_length(args.length), args.model
         model = build_model(args.model, device, torch.bfloat16)
-        config = ParallelCompConfig(chunk_scoring=args.chunk_scoring, **NO_REUSE)
+        config = ParallelCompConfig(**scoring, **NO_REUSE)
         engine = ParallelCompEngine(model, tiny_tokenizer(), config)
     options = {"max_new_tokens": args.new_tokens, "ignore_eos": True}
     warm = engine.encode(text_of_tokens(min(length, 16_384), seed=99))
@@ -82,6 +91,7 @@ def main() -> None:
         "engine": engine.describe(),
         "model": name,
         "chunk_scoring": args.chunk_scoring,
+        "scoring_heads": scoring.get("scoring_heads"),
         "context_tokens": first.stats.context_tokens,
         "chunks": first.stats.chunks_total,
         "new_tokens": args.new_tokens,

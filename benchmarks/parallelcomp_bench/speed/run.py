@@ -11,7 +11,8 @@ tokenizer of `parallelcomp_llm.testing`, so one character is one token), this me
 
 for `parallelcomp` (the engine, default config: the kept chunks read again; `parallelcomp-merge`
 decodes over their merged KV, the paper's method; `-bsN` sets `chunk_batch_size=N`, a
-decode step's name `decode_step`, `-key_match` `chunk_scoring="key_match"`) and for
+decode step's name `decode_step`, `-key_match` `chunk_scoring="key_match"`, `-headsN`
+`chunk_scoring="heads"` with KV head 0 of layer N as its one head) and for
 full attention (`sdpa`, `flash_attention_2` when flash-attn is importable): a plain prefill and a
 greedy decode loop over a DynamicCache that takes each token to the host, as `generate` does. One
 warm-up and `--repeats` timed runs per (method, length); medians reported. Models are
@@ -167,7 +168,7 @@ def main() -> None:
         default="parallelcomp,sdpa,flash_attention_2",
         help="parallelcomp (the default config), parallelcomp-merge (kept_chunks='merge'), "
         "either with -bsN (chunk_batch_size=N) and -dynamic / -static / -cuda_graph / -compiled "
-        "(decode_step); sdpa, "
+        "(decode_step), -key_match or -headsN (chunk_scoring); sdpa, "
         "flash_attention_2, hf-static (transformers' generate with its static cache: the "
         "decode anchor, over the last --anchor-tokens prompt tokens)",
     )
@@ -242,7 +243,7 @@ def main() -> None:
         if method.startswith("parallelcomp"):
             variant = re.fullmatch(
                 r"parallelcomp(-merge)?(?:-bs(\d+))?(?:-(dynamic|static|cuda_graph|compiled))?"
-                r"(?:-(key_match))?",
+                r"(?:-(key_match))?(?:-heads(\d+))?",
                 method,
             )
             if not variant:
@@ -256,6 +257,9 @@ def main() -> None:
                 settings["decode_step"] = variant.group(3)
             if variant.group(4):
                 settings["chunk_scoring"] = variant.group(4)
+            if variant.group(5):
+                settings["chunk_scoring"] = "heads"
+                settings["scoring_heads"] = [(int(variant.group(5)), 0)]
             if args.tiny:
                 # small reserves; keep 1 chunk and 128 entries so that every stage runs
                 settings |= {
