@@ -46,18 +46,23 @@ def engine(**keywords) -> ParallelCompEngine:
     return ParallelCompEngine(tiny_model("llama"), tiny_tokenizer(), config, **stages)
 
 
+SCORER_SETTINGS = {"heads": {"scoring_heads": [(1, 0), (0, 1)]}}
+"""What a scorer needs beyond the defaults, by name."""
+
+
 @pytest.mark.parametrize("name", list(SCORERS))
 def test_scorer_contract(name):
-    scorer = SCORERS.build(name, ParallelCompConfig())
+    needs = SCORER_SETTINGS.get(name, {})
+    scorer = SCORERS.build(name, ParallelCompConfig(chunk_scoring=name, **needs))
     assert scorer.name == name and scorer.describe()["name"] == name
     with pytest.raises(Exception):
         scorer.observation_window = 3  # frozen
     with pytest.raises(InvalidConfigError):
         type(scorer)(no_such_parameter=1)
     answers = [
-        engine(chunk_scoring=name, keep_chunks=2, kv_budget=96, chunk_batch_size=size).generate(
-            DOCS, "Which one?", max_new_tokens=6
-        )
+        engine(
+            chunk_scoring=name, keep_chunks=2, kv_budget=96, chunk_batch_size=size, **needs
+        ).generate(DOCS, "Which one?", max_new_tokens=6)
         for size in (1, 5)
     ]
     relevance = [[c.relevance for c in a.stats.chunks] for a in answers]

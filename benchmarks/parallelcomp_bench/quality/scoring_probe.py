@@ -147,12 +147,16 @@ def probe(args: argparse.Namespace) -> None:
         print(item.task, item.length, item.index, "gold", record["gold"], flush=True)
 
 
-def scores_of(chunks: list[dict], statistic: str, layers: int, pooling: str) -> list[float]:
-    """Each chunk's score from the first `layers` layers: `statistic` per layer and KV head,
-    pooled over them by `pooling` ("mean", "max", or "log": the mean of the logs)."""
+def scores_of(chunks: list[dict], statistic: str, reach: int | tuple, pooling: str) -> list[float]:
+    """Each chunk's score: `statistic` of one (layer, KV head) `reach` (`pooling` "head"), or of
+    every KV head of the first `reach` layers, pooled over them by `pooling` ("mean", "max", or
+    "log": the mean of the logs, as the `heads` scorer pools its heads)."""
+    if pooling == "head":
+        layer, head = reach
+        return [math.log(max(chunk[statistic][layer][head], 1e-12)) for chunk in chunks]
     scores = []
     for chunk in chunks:
-        values = [v for layer in chunk[statistic][:layers] for v in layer]
+        values = [v for layer in chunk[statistic][:reach] for v in layer]
         if pooling == "max":
             scores.append(max(values))
         elif pooling == "log":
@@ -169,38 +173,52 @@ def kept_share(scores: list[float], gold: list[int], match: str, keep: int) -> f
     return float(any(found)) if match == "any" else sum(found) / len(found)
 
 
-def report(paths: Sequence[str], keep: int) -> None:
+def report(paths: Sequence[str], keep: int, top: int) -> None:
+    """The `top` ways of scoring by their mean over suites and RULER tasks of the share of gold
+    chunks kept: `nll`, every statistic over the first layers, and every single KV head."""
     records = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines()]
     records = [r for r in records if r["gold"] and len(r["chunks"]) > keep]
-    layers = len(records[0]["chunks"][0][STATISTICS[0]])
-    ways = [("nll", layers, "")]
+    first = records[0]["chunks"][0][STATISTICS[0]]
+    layers, kv_heads = len(first), len(first[0])
+    ways: list[tuple] = [("nll", layers, "")]
     ways += [
         (statistic, depth, pooling)
         for statistic in STATISTICS
         for depth in (2, 4, 6, 8, 10, 12, 16, 20, layers)
         for pooling in ("mean", "max", "log")
     ]
-    by_suite: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ways += [
+        (statistic, (layer, head), "head")
+        for statistic in STATISTICS
+        for layer in range(layers)
+        for head in range(kv_heads)
+    ]
+    by_way: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        group = record["suite"] if record["suite"] != "ruler" else f"ruler:{record['task']}"
-        for way in ways:
-            statistic, depth, pooling = way
+        group = record["suite"] if record["suite"] != "ruler" else record["task"]
+        for statistic, reach, pooling in ways:
             if statistic == "nll":
                 scores = [c["nll"] for c in record["chunks"]]
             else:
-                scores = scores_of(record["chunks"], statistic, depth, pooling)
+                scores = scores_of(record["chunks"], statistic, reach, pooling)
             share = kept_share(scores, record["gold"], record["match"], keep)
-            by_suite[way][group].append(share)
-    groups = sorted({g for shares in by_suite.values() for g in shares})
-    print(f"{len(records)} items; share of gold chunks among the {keep} best")
-    print("way".ljust(18), "mean".rjust(6), *(g[:14].rjust(14) for g in groups))
+            by_way[(statistic, reach, pooling)][group].append(share)
+    groups = sorted({g for shares in by_way.values() for g in shares})
+    lengths = sorted({r["length"] for r in records})
+    print(f"{len(records)} items at {lengths} tokens; the share of gold chunks among the {keep}")
+    print("best, by suite or RULER task, and their mean; a way is statistic:reach:pooling")
+    print("way".ljust(24), "mean".rjust(6), *(g.removeprefix("niah_").rjust(11) for g in groups))
     rows = []
-    for way, shares in by_suite.items():
+    for way, shares in by_way.items():
         means = [sum(shares[g]) / len(shares[g]) for g in groups]
-        rows.append((sum(means) / len(means), way, means))
-    for mean, (statistic, depth, pooling), means in sorted(rows, reverse=True):
-        name = f"{statistic}:{depth}:{pooling}".ljust(18)
-        print(name, f"{mean:6.3f}", *(f"{m:14.3f}" for m in means))
+        rows.append((sum(means) / len(means), str(way), way, means))
+    for mean, _, (statistic, reach, pooling), means in sorted(rows, reverse=True)[:top]:
+        reach = "/".join(map(str, reach)) if isinstance(reach, tuple) else reach
+        print(
+            f"{statistic}:{reach}:{pooling}".ljust(24),
+            f"{mean:6.3f}",
+            *(f"{m:11.2f}" for m in means),
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -219,9 +237,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/results/scoring_probe/probe.jsonl")
     parser.add_argument("--report", nargs="+", default=None, help="probe files to rank from")
     parser.add_argument("--keep", type=int, default=KEEP)
+    parser.add_argument("--top", type=int, default=40, help="ways to list")
     args = parser.parse_args(argv)
     if args.report:
-        report(args.report, args.keep)
+        report(args.report, args.keep, args.top)
     else:
         probe(args)
 
