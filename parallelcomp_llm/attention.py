@@ -55,7 +55,8 @@ class AttentionProbe:
     """What one forward pass should record or change in attention (one per request phase).
 
     `window_scores[window][layer]` (rows, kv_heads, keys) holds the attention of the last
-    `window` queries for each window in `windows` (each at most the pass's query count);
+    `window` queries for each window in `windows` (each at most the pass's query count), in the
+    layers `window_layers` (None: every layer);
     `queries[layer]` (rows, heads, query_window, head_dim) the last `query_window` queries, and
     `scaling` the kernel's softmax scale.
     """
@@ -65,8 +66,10 @@ class AttentionProbe:
         windows: Iterable[int] = (),
         calibration: Calibration | None = None,
         query_window: int | None = None,
+        window_layers: frozenset[int] | None = None,
     ) -> None:
         self.windows = sorted(set(windows))
+        self.window_layers = window_layers
         self.calibration = calibration
         self.query_window = query_window
         self.window_scores: dict[int, dict[int, torch.Tensor]] = {w: {} for w in self.windows}
@@ -86,7 +89,7 @@ class AttentionProbe:
         if self.query_window is not None:
             self.queries[layer] = query[:, :, -self.query_window :]
             self.scaling = scaling
-        if self.windows:
+        if self.windows and (self.window_layers is None or layer in self.window_layers):
             widest = self.windows[-1]
             weights = _grouped_attention(query[:, :, -widest:], key, attention_mask, scaling)
             for window in self.windows:

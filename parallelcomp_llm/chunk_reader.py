@@ -140,7 +140,8 @@ class ChunkReader:
         asked = [scorer.observation_window if selection.score and not alone else None]
         asked.append(selector.observation_window if selection.evict else None)
         windows = {window: min(window, len(question_ids)) for window in asked if window}
-        logits, probe = None, AttentionProbe(windows=windows.values())
+        observed = None if selection.evict else scorer.layers_observed
+        logits, probe = None, AttentionProbe(windows=windows.values(), window_layers=observed)
         layers = None if selection.evict else scorer.layers_read
         if selection.evict or not alone:
             with self.tracer.span("question_pass"):

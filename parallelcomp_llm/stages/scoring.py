@@ -83,6 +83,12 @@ class ChunkScorer(Stage):
         whole model, logits included): the question pass stops after them."""
         return None
 
+    @property
+    def layers_observed(self) -> frozenset[int] | None:
+        """The layers whose attention the scorer reads from its observation window (None: every
+        layer's); the others' is not recorded when no KV selector reads it."""
+        return None
+
     @abstractmethod
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
         """One relevance per row of the batch, as a float tensor (rows,)."""
@@ -203,6 +209,10 @@ class RetrievalHeadScorer(ChunkScorer):
     @property
     def layers_read(self) -> int:
         return max(layer for layer, _ in self.heads) + 1
+
+    @property
+    def layers_observed(self) -> frozenset[int]:
+        return frozenset(layer for layer, _ in self.heads)
 
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
         attention = evidence.window_attention(self.observation_window)

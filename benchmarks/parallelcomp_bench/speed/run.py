@@ -80,7 +80,10 @@ def run_parallelcomp(
     ttft = times[0] - started
     decode = times[-1] - times[0]
     prefix = len(engine.prompts.prefix_ids)
-    chunk_flops = prefill_flops(facts, [prefix + chunk.tokens for chunk in stats.chunks])
+    # a scorer of the first layers stops the chunk prefill after them when the chunks are read again
+    depth = engine.stages.scorer.layers_read
+    run = facts | {"layers": depth} if depth and engine.config.kept_chunks == "reread" else facts
+    chunk_flops = prefill_flops(run, [prefix + chunk.tokens for chunk in stats.chunks])
     stage_gpu = timer.stage_seconds()
     kv_entries = stats.prompt_tokens + new_tokens / 2  # mean KV length per layer/head during decode
     return {
