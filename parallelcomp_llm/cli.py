@@ -200,6 +200,15 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-kv-eviction", action="store_true", help="keep whole kept chunks")
     parser.add_argument("--chunk-tokens", type=int, default=None)
     parser.add_argument("--chunk-batch-size", type=int, default=None)
+    parser.add_argument(
+        "--scoring-heads",
+        nargs="+",
+        type=_head,
+        default=None,
+        metavar="LAYER:KV_HEAD",
+        help="score chunks by these retrieval heads (chunk_scoring='heads'), e.g. 17:1 for the "
+        "default model: the passes stop after the deepest head's layer",
+    )
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument(
@@ -212,6 +221,14 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="run the model repository's own code"
     )
+
+
+def _head(text: str) -> tuple[int, int]:
+    """A `LAYER:KV_HEAD` pair of `--scoring-heads`."""
+    layer, colon, head = text.partition(":")
+    if not (colon and layer.isdigit() and head.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not LAYER:KV_HEAD (two whole numbers)")
+    return int(layer), int(head)
 
 
 def _config(args: argparse.Namespace, **more: object) -> ParallelCompConfig:
@@ -231,6 +248,8 @@ def _config(args: argparse.Namespace, **more: object) -> ParallelCompConfig:
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if args.no_kv_eviction:
         overrides["kv_budget"] = None
+    if args.scoring_heads:
+        overrides |= {"chunk_scoring": "heads", "scoring_heads": args.scoring_heads}
     return ParallelCompConfig(**overrides)
 
 

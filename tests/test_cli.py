@@ -71,6 +71,38 @@ def test_answer_matches_the_engine_and_stats_are_printed(model_dir, tmp_path, ca
     assert stats["engine"]["stages"]["selector"]["name"] == "snapkv"
 
 
+def test_scoring_heads_choose_the_heads_scorer(model_dir, tmp_path, capsys):
+    context = tmp_path / "doc.txt"
+    context.write_text(text_of_tokens(1200, seed=5), encoding="utf-8")
+    args = ask(model_dir, "--stats", "--scoring-heads", "1:0", "0:1", "--context", str(context))
+    assert main([*args, "What?"]) == 0
+    out, err = capsys.readouterr()
+    engine = ParallelCompEngine.from_pretrained(
+        model_dir,
+        chunk_tokens=300,
+        keep_chunks=2,
+        kv_budget=80,
+        chunk_scoring="heads",
+        scoring_heads=[(1, 0), (0, 1)],
+    )
+    expected = engine.generate(context.read_text(), "What?", max_new_tokens=12)
+    assert out == expected.text + "\n"
+    scorer = json.loads(err[err.index("{") :])["engine"]["stages"]["scorer"]
+    assert scorer["name"] == "heads" and scorer["heads"] == [[1, 0], [0, 1]]
+
+
+def test_a_scoring_head_outside_the_model_is_one_line(model_dir, tmp_path, capsys):
+    context = tmp_path / "doc.txt"
+    context.write_text(text_of_tokens(700, seed=6), encoding="utf-8")
+    args = ask(model_dir, "--scoring-heads", "5:0", "--context", str(context), "What?")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith(
+        "\nparallelcomp: error: chunk scorer 'heads' reads layer 5, outside the model's 2 layers "
+        "(counted from 0)\n"
+    )
+
+
 def test_standard_input_is_a_context(model_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text_of_tokens(200).encode())))
     assert main(ask(model_dir, "--context", "-", "What?")) == 0
