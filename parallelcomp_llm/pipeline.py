@@ -9,7 +9,9 @@ a question whose kept chunks fit the trained window reads them again as one prom
 merging their KV (`reread`), and no chunk's KV is kept for it when any choice would fit. The
 stages are the objects of `parallelcomp_llm.stages`; every stage runs inside a traced span
 (`tracing`), and a `StatsRecorder` per question fills its `AnswerStats`. The per-batch work
-(question pass, scoring, KV selection) is `ChunkReader`'s; with prefill workers
+(question pass, scoring, KV selection) is `ChunkReader`'s; a scorer that reads only the first
+layers (`chunk_scoring="heads"`) lets the chunk prefill stop after them when no question keeps
+any chunk's KV (`prefill_depth`); with prefill workers
 (`prefill_workers`), the batches of a long context run on them and their selections are added
 into each question's.
 """
