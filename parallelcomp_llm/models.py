@@ -22,7 +22,7 @@ from .attention import implementation_name, register_hooked_kernels
 from .errors import InvalidConfigError, InvalidInputError, ModelDownloadError, UnsupportedModelError
 from .loading import LoadOptions
 from .stages.calibration import Calibrator
-from .stages.scoring import ChunkScorer, RetrievalHeadScorer
+from .stages.scoring import ChunkScorer
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -187,20 +187,8 @@ def check_calibrator(calibrator: Calibrator | None, config, kernel: str, kept_ch
 
 def check_scorer(scorer: ChunkScorer, config) -> None:
     """Refuse a scorer that reads layers or KV heads the model does not have."""
-    layers = config.num_hidden_layers
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    if scorer.layers_read is not None and scorer.layers_read > layers:
-        raise InvalidConfigError(
-            f"chunk scorer {scorer.name or type(scorer).__name__!r} reads layer "
-            f"{scorer.layers_read - 1}, outside the model's {layers} layers (counted from 0)"
-        )
-    heads = scorer.heads if isinstance(scorer, RetrievalHeadScorer) else ()
-    for layer, head in heads:
-        if head >= kv_heads:
-            raise InvalidConfigError(
-                f"scoring head ({layer}, {head}) names KV head {head}, outside the model's "
-                f"{kv_heads} KV heads (counted from 0)"
-            )
+    scorer.check_fits(config.num_hidden_layers, kv_heads)
 
 
 def end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

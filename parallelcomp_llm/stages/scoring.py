@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Self
 import torch
 from pydantic import Field, NonNegativeInt
 
+from ..errors import InvalidConfigError
 from .base import Registry, Stage
 from .selection import OBSERVATION_WINDOW, ObservationWindow
 
@@ -88,6 +89,15 @@ class ChunkScorer(Stage):
         """The layers whose attention the scorer reads from its observation window (None: every
         layer's); the others' is not recorded when no KV selector reads it."""
         return None
+
+    def check_fits(self, layers: int, kv_heads: int) -> None:
+        """`InvalidConfigError` unless a model of `layers` layers and `kv_heads` KV heads has
+        what the scorer reads."""
+        if self.layers_read is not None and self.layers_read > layers:
+            raise InvalidConfigError(
+                f"chunk scorer {self.name or type(self).__name__!r} reads layer "
+                f"{self.layers_read - 1}, outside the model's {layers} layers (counted from 0)"
+            )
 
     @abstractmethod
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
@@ -213,6 +223,15 @@ class RetrievalHeadScorer(ChunkScorer):
     @property
     def layers_observed(self) -> frozenset[int]:
         return frozenset(layer for layer, _ in self.heads)
+
+    def check_fits(self, layers: int, kv_heads: int) -> None:
+        super().check_fits(layers, kv_heads)
+        for layer, head in self.heads:
+            if head >= kv_heads:
+                raise InvalidConfigError(
+                    f"scoring head ({layer}, {head}) names KV head {head}, outside the model's "
+                    f"{kv_heads} KV heads (counted from 0)"
+                )
 
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
         attention = evidence.window_attention(self.observation_window)
