@@ -18,7 +18,7 @@ from parallelcomp_bench.quality.sink_window import SinkWindowMethod, evict_oldes
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from parallelcomp_llm.errors import InvalidInputError
+from parallelcomp_llm.errors import InvalidConfigError, InvalidInputError
 from parallelcomp_llm.kvcache import run_on_cache, tensors_of
 from parallelcomp_llm.testing import (
     text_of_tokens,
@@ -38,8 +38,11 @@ def model_dir(tmp_path_factory):
     return tiny_model_folder(path, window=WINDOW, seed=1)
 
 
-LONG_CONTEXT = tuple(name for name in METHOD_NAMES if not name.startswith("rag-"))
-"""The methods that read the whole context (the retrieval ones have tests of their own)."""
+LONG_CONTEXT = tuple(
+    name for name in METHOD_NAMES if not name.startswith("rag-") and name != "parallelcomp-heads"
+)
+"""The methods that read the whole context (the retrieval ones have tests of their own;
+`parallelcomp-heads` reads the default model's head, in layer 17, which the tiny model lacks)."""
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,7 @@ def test_names_in_order_and_unknown_name_refused(model_dir):
         "parallelcomp",
         "parallelcomp-noevict",
         "parallelcomp-merge",
+        "parallelcomp-heads",
         "full",
         "truncate-middle",
         "rope-linear",
@@ -103,6 +107,11 @@ def test_names_in_order_and_unknown_name_refused(model_dir):
     )
     with pytest.raises(ValueError, match="unknown method 'h2o'.*sink-window"):
         make_method("h2o", model_dir, device="cpu")
+
+
+def test_the_default_models_heads_are_refused_on_a_model_without_them(model_dir):
+    with pytest.raises(InvalidConfigError, match="reads layer 17, outside the model's 2 layers"):
+        make_method("parallelcomp-heads", model_dir, device="cpu")
 
 
 def test_prompt_is_the_engines(methods):
