@@ -67,6 +67,13 @@ class QuestionEvidence:
         """The attention recorded for an observation window of `window` question tokens."""
         return self.windows[window]
 
+    def context_mask(self, keys: int) -> torch.Tensor:
+        """(rows, keys) booleans, True at each row's chunk context among `keys` key positions."""
+        mask = torch.zeros(len(self.context), keys, dtype=torch.bool)
+        for row, span in enumerate(self.context):
+            mask[row, span] = True
+        return mask
+
 
 class ChunkScorer(Stage):
     """Relevance of each chunk of a batch to the question (higher is more relevant)."""
@@ -180,10 +187,7 @@ class KeyMatchScorer(ChunkScorer):
 
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
         queries, device = evidence.queries, evidence.keys[0].device
-        context = torch.zeros(len(evidence.context), evidence.keys[0].shape[2], dtype=torch.bool)
-        for row, span in enumerate(evidence.context):
-            context[row, span] = True
-        outside = ~context[:, None, None, None, :]
+        outside = ~evidence.context_mask(int(evidence.keys[0].shape[2]))[:, None, None, None, :]
         per_layer = []
         for layer, keys in enumerate(evidence.keys):
             query = queries.by_layer[layer][0].to(keys.device).float()
@@ -236,10 +240,7 @@ class RetrievalHeadScorer(ChunkScorer):
     def score(self, evidence: QuestionEvidence) -> torch.Tensor:
         attention = evidence.window_attention(self.observation_window)
         device = evidence.keys[0].device
-        keys = int(attention.scores[self.heads[0][0]].shape[-1])
-        context = torch.zeros(len(evidence.context), keys, dtype=torch.bool)
-        for row, span in enumerate(evidence.context):
-            context[row, span] = True
+        context = evidence.context_mask(int(attention.scores[self.heads[0][0]].shape[-1]))
         logs = []
         for layer, head in self.heads:
             scores = attention.scores[layer][:, head].float()
